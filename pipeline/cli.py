@@ -1,0 +1,189 @@
+"""The ``t2v`` command line: one subcommand per stage plus helpers.
+
+Parsing turns flags into a stage's frozen config, validates it, prints the
+plan, then hands the work to ``jobs.executor``. A ``UserError`` anywhere is
+printed as one line (exit 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+EXAMPLES = {
+    "toy-data": """examples:
+  t2v toy-data data/toy                      # 200 clips, seed 0
+  t2v toy-data data/toy --videos 40 --seed 3
+""",
+    "frames": """examples:
+  t2v frames --labels data/toy/labels/train.json --videos data/toy/videos --out data/frames
+  t2v frames --labels sthsth/labels/train.json --videos sthsth/videos --out /scratch/push_ltr \\
+      --templates "Pushing [something] from left to right" --executor slurm --partition cpu
+  t2v frames ... --executor slurm --dry-run   # print the plan and the sbatch script only
+Re-running the same command redoes only missing shards; a finished output is left untouched.
+""",
+    "demo": """examples:
+  t2v demo --out demo-output                 # what `make demo` runs
+""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    from jobs.executor import EXECUTORS, Resources
+
+    top = argparse.ArgumentParser(prog="t2v", description="text2video: a SLURM-native text-to-video GAN pipeline.")
+    sub = top.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name, help):
+        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def executor_flags(p, array=True):
+        d = Resources()
+        g = p.add_argument_group("where it runs")
+        g.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local subprocesses (default), in-process debug (pdb on failure), or SLURM")
+        g.add_argument("--dry-run", action="store_true", help="print the plan (and sbatch script) and exit")
+        g.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")
+        g.add_argument("--partition", default=d.partition)
+        g.add_argument("--account", default=d.account)
+        g.add_argument("--qos", default=d.qos)
+        g.add_argument("--timeout-min", type=int, default=d.timeout_min)
+        g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task)
+        g.add_argument("--mem-gb", type=float, default=d.mem_gb)
+        if array:
+            g.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
+                           help="most tasks running at once (local: also capped by CPU count)")
+
+    p = cmd("toy-data", "Generate a small something-something-v2-format dataset (webm + labels).")
+    p.add_argument("out", type=Path)
+    p.add_argument("--videos", type=int, default=200, help="number of clips, train + validation (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = cmd("frames", "Decode videos into fixed-size uint8 clips in HDF5 shards, one array task per shard.")
+    p.add_argument("--labels", type=Path, required=True, help="something-something labels JSON")
+    p.add_argument("--videos", type=Path, required=True, help="directory of <id>.webm files")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--templates", nargs="+", default=(), metavar="T", help="keep only these templates")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
+    p.add_argument("--size", type=int, default=32, help="output height = width in px (default 32)")
+    p.add_argument("--stride", type=int, default=None, help="take every STRIDE-th frame from --offset "
+                   "instead of spreading --frames evenly over the clip")
+    p.add_argument("--offset", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
+    p.add_argument("--decoder", choices=("pyav", "skvideo"), default="pyav",
+                   help="pyav (default; in-process, faster: see README) or skvideo (ffmpeg subprocess)")
+    p.add_argument("--resize", choices=("squash", "center-crop"), default="squash")
+    p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
+    executor_flags(p)
+
+    p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--videos", type=int, default=120)
+    return top
+
+
+def _resources(a):
+    from jobs.executor import Resources
+
+    return Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
+                     cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
+                     array_parallelism=getattr(a, "array_parallelism", 1))
+
+
+def cmd_toy_data(a) -> int:
+    from .toydata import make_toy
+
+    meta = make_toy(a.out, videos=a.videos, seed=a.seed)
+    print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
+          f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
+    return 0
+
+
+def frames_config(a):
+    from .frames import FramesConfig
+
+    return FramesConfig(labels=a.labels, videos=a.videos, out=a.out, templates=tuple(a.templates),
+                        frames=a.frames, size=a.size, stride=a.stride, offset=a.offset,
+                        shard_size=a.shard_size, decoder=a.decoder, resize=a.resize,
+                        compression=a.compression)
+
+
+def run_frames(cfg, a) -> int:
+    from jobs.executor import map_tasks, sbatch_script
+    from jobs.tasks import FramesTask
+
+    from . import frames
+
+    p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
+    print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
+          f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
+    logs = Path(cfg.out) / "logs" / "frames"  # submitit names files by job id inside
+    res = _resources(a)
+    if a.dry_run:
+        if p.todo:
+            print(f"would run shards {p.todo} on the {a.executor} executor")
+        if a.executor == "slurm":
+            print(sbatch_script(logs, res, "t2v-frames", array_size=len(p.todo)))
+        return 0
+    outs = map_tasks(FramesTask(cfg), p.todo, kind=a.executor, folder=logs, res=res,
+                     name="t2v-frames", desc="frames shards", wait=not a.no_wait)
+    if a.executor == "slurm" and a.no_wait:
+        print(f"submitted {len(outs)} task(s); the last one to finish writes {cfg.out}/manifest.csv")
+        return 0
+    failed = [o for o in outs if not o.ok]
+    for o in failed:
+        print(f"shard {o.item} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} shard(s) failed; run the same command again to redo only those", file=sys.stderr)
+        return 1
+    p = frames.plan(cfg)
+    manifest = Path(cfg.out) / "manifest.csv"
+    if not manifest.exists():  # every task was already done, or the manifest was removed
+        frames.write_manifest(cfg, p)
+    counts = frames.summary(manifest)
+    print("status counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    print(f"shards in {cfg.out}/shards, manifest at {manifest}")
+    return 0
+
+
+def cmd_frames(a) -> int:
+    return run_frames(frames_config(a), a)
+
+
+def cmd_demo(a) -> int:
+    from .frames import FramesConfig
+    from .toydata import make_toy
+
+    out = Path(a.out)
+    data = out / "toy"
+    if not (data / "toy_meta.json").exists():
+        make_toy(data, videos=a.videos, seed=0)
+    cfg = FramesConfig(labels=data / "labels" / "train.json", videos=data / "videos", out=out / "frames",
+                       shard_size=32)
+    args = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
+                              qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
+    rc = run_frames(cfg, args)
+    print(f"\ndemo: toy dataset in {data}, frames in {out / 'frames'} "
+          "(vocab, training and evaluation arrive with later stages)")
+    return rc
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "demo": cmd_demo}[a.cmd]
+    try:
+        return handler(a)
+    except UserError as e:
+        print(f"t2v {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A PyTorch Dataset over the frames stage's HDF5 shards.
+
+Rows come from ``manifest.csv`` (status ``ok`` only). Files are opened lazily
+in whichever process reads them and the handles are dropped when pickled, so
+the dataset can be handed to DataLoader workers (an h5py handle must not cross
+a fork). Items are uint8 tensors (T,H,W,3): normalising is the model's job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .errors import UserError
+
+
+class ShardDataset(Dataset):
+    def __init__(self, root, ids=None):
+        self.root = Path(root)
+        manifest = self.root / "manifest.csv"
+        if not manifest.exists():
+            raise UserError(f"{manifest} not found: the frames stage has not finished in {self.root}")
+        df = pd.read_csv(manifest, dtype={"id": str}, keep_default_na=False)
+        df = df[df["status"] == "ok"]
+        if ids is not None:
+            df = df[df["id"].isin(set(ids))]
+        self.rows = df.reset_index(drop=True)
+        self._files: dict[str, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _file(self, shard: str):
+        import h5py
+
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = h5py.File(self.root / "shards" / shard, "r")
+        return f
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.rows.iloc[i]
+        video = self._file(r["shard"])["videos"][int(r["index"])]  # T,H,W,3 uint8
+        return {"video": torch.from_numpy(np.ascontiguousarray(video)), "id": r["id"],
+                "label": r["label"], "template": r["template"],
+                "placeholders": r["placeholders"]}  # JSON text: lists of unequal length don't collate
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_files"] = {}  # never pickle open HDF5 handles
+        return state
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
