@@ -22,6 +22,7 @@ EXAMPLES = {
   t2v frames --labels data/toy/labels/train.json --videos data/toy/videos --out data/frames
   t2v frames --labels sthsth/labels/train.json --videos sthsth/videos --out /scratch/push_ltr \\
       --templates "Pushing [something] from left to right" --executor slurm --partition cpu
+  t2v frames ... --subset sthsth_push_ltr     # templates from data_manifests/sthsth_push_ltr.yaml
   t2v frames ... --executor slurm --dry-run   # print the plan and the sbatch script only
 Re-running the same command redoes only missing shards; a finished output is left untouched.
 """,
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", type=Path, required=True, help="directory of <id>.webm files")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--templates", nargs="+", default=(), metavar="T", help="keep only these templates")
+    p.add_argument("--subset", metavar="MANIFEST", help="take --templates from a data manifest "
+                   "(a path, or a name in data_manifests/, e.g. sthsth_push_ltr)")
     p.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     p.add_argument("--size", type=int, default=32, help="output height = width in px (default 32)")
     p.add_argument("--stride", type=int, default=None, help="take every STRIDE-th frame from --offset "
@@ -105,8 +108,14 @@ def cmd_toy_data(a) -> int:
 
 def frames_config(a):
     from .frames import FramesConfig
+    from .manifests import load_subset
 
-    return FramesConfig(labels=a.labels, videos=a.videos, out=a.out, templates=tuple(a.templates),
+    templates = tuple(a.templates)
+    if a.subset:
+        if templates:
+            raise UserError("give --templates or --subset, not both")
+        templates = tuple(load_subset(a.subset)["templates"])
+    return FramesConfig(labels=a.labels, videos=a.videos, out=a.out, templates=templates,
                         frames=a.frames, size=a.size, stride=a.stride, offset=a.offset,
                         shard_size=a.shard_size, decoder=a.decoder, resize=a.resize,
                         compression=a.compression)
@@ -156,6 +165,7 @@ def cmd_frames(a) -> int:
 
 def cmd_demo(a) -> int:
     from .frames import FramesConfig
+    from .manifests import load_subset
     from .toydata import make_toy
 
     out = Path(a.out)
@@ -163,7 +173,7 @@ def cmd_demo(a) -> int:
     if not (data / "toy_meta.json").exists():
         make_toy(data, videos=a.videos, seed=0)
     cfg = FramesConfig(labels=data / "labels" / "train.json", videos=data / "videos", out=out / "frames",
-                       shard_size=32)
+                       templates=tuple(load_subset("toy")["templates"]), shard_size=32)
     args = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
                               qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
     rc = run_frames(cfg, args)

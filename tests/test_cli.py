@@ -1,0 +1,57 @@
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional
+
+import pandas as pd
+import pytest
+
+from conftest import t2v
+from pipeline.config import override
+from pipeline.errors import UserError
+from pipeline.manifests import load_subset
+
+
+@pytest.mark.parametrize("cmd", ["toy-data", "frames", "demo"])
+def test_every_subcommand_has_help_with_examples(cmd):
+    r = t2v(cmd, "--help")
+    assert "examples:" in r.stdout and f"t2v {cmd}" in r.stdout
+
+
+def test_demo_runs_what_exists(tmp_path):
+    r = t2v("demo", "--out", tmp_path / "demo", "--videos", "24")
+    assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
+
+
+def test_subset_manifests(toy, tmp_path):
+    push = load_subset("sthsth_push_ltr")
+    assert push["templates"] == ["Pushing [something] from left to right"]
+    with pytest.raises(UserError, match="STHSTH_ROOT"):
+        load_subset("sthsth_push_ltr", env={}, resolve_paths=True)
+    assert load_subset("sthsth_push_ltr", env={"STHSTH_ROOT": "/d"}, resolve_paths=True)["videos"] == "/d/videos"
+    out = tmp_path / "o"
+    t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", out,
+        "--subset", "sthsth_push_ltr")
+    m = pd.read_csv(out / "manifest.csv")
+    assert len(m) > 0 and set(m["template"]) == {"Pushing [something] from left to right"}
+    r = t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", out,
+            "--subset", "sthsth_push_ltr", "--templates", "x", check=False)
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+    lr: float = 1e-3
+    steps: int = 10
+    amp: bool = False
+    mode: Literal["a", "b"] = "a"
+    path: Optional[Path] = None
+    widths: tuple[int, ...] = (1, 2)
+
+
+def test_typed_overrides():
+    c = override(Cfg(), ["lr=5e-5", "steps=3", "amp=true", "mode=b", "path=/x", "widths=4,8,16"])
+    assert c == Cfg(5e-5, 3, True, "b", Path("/x"), (4, 8, 16))
+    for bad, msg in (["nope=1"], "unknown key"), (["steps=1.5"], "expected int"), (["mode=c"], "one of"), \
+                     (["amp=maybe"], "expected bool"), (["steps"], "key=value"):
+        with pytest.raises(UserError, match=msg):
+            override(Cfg(), bad)
