@@ -24,3 +24,18 @@ class FramesTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, shard)
+
+
+@dataclass(frozen=True)
+class VocabTask:
+    cfg: object  # pipeline.vocab.VocabConfig
+
+    def __call__(self, _part: int = 0) -> dict:
+        from pipeline.vocab import run
+
+        return run(self.cfg)
+
+    def checkpoint(self, _part: int = 0):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, _part)  # short and idempotent: just rerun

@@ -26,6 +26,15 @@ EXAMPLES = {
   t2v frames ... --executor slurm --dry-run   # print the plan and the sbatch script only
 Re-running the same command redoes only missing shards; a finished output is left untouched.
 """,
+    "vocab": """examples:
+  t2v vocab --labels data/toy/labels/train.json data/toy/labels/validation.json --out data/vocab
+  t2v vocab --labels ... --out data/vocab_sent --mode sentence --dim 100 --corpus extra.txt
+  t2v vocab --labels ... --out data/vocab_cc --pretrained cc.en.300.bin   # streamed, not loaded
+""",
+    "neighbors": """examples:
+  t2v neighbors --vocab data/vocab square
+  t2v neighbors --vocab data/vocab "penny" -k 10     # works for words never seen in training
+""",
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
 """,
@@ -82,6 +91,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=("squash", "center-crop"), default="squash")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
     executor_flags(p)
+
+    p = cmd("vocab", "Embed caption words with fastText (trained here, or pretrained .bin/.vec, streamed).")
+    p.add_argument("--labels", type=Path, nargs="+", required=True, help="one or more labels JSON files")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--mode", choices=("object", "sentence"), default="object",
+                   help="condition on the object phrase (default) or the whole caption")
+    p.add_argument("--pretrained", type=Path, help="a fastText .bin (subwords kept) or .vec file")
+    p.add_argument("--dim", type=int, help="vector size when training (default 50); checked against --pretrained")
+    p.add_argument("--corpus", type=Path, nargs="+", default=(), help="extra text to train on")
+    p.add_argument("--epoch", type=int, default=50)
+    p.add_argument("--skip-bad", action="store_true",
+                   help="exclude samples with nothing to condition on (counted in vocab.json) instead of failing")
+    executor_flags(p, array=False)
+
+    p = cmd("neighbors", "Nearest vocabulary tokens, by cosine similarity, for any word or phrase.")
+    p.add_argument("--vocab", type=Path, required=True, help="a `t2v vocab` output dir")
+    p.add_argument("word")
+    p.add_argument("-k", type=int, default=5)
 
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -163,6 +190,66 @@ def cmd_frames(a) -> int:
     return run_frames(frames_config(a), a)
 
 
+def vocab_config(a):
+    from .vocab import VocabConfig
+
+    if a.dim is not None and a.dim < 1:
+        raise UserError("--dim must be >= 1")
+    return VocabConfig(labels=tuple(a.labels), out=a.out, mode=a.mode, pretrained=a.pretrained, dim=a.dim,
+                       corpus=tuple(a.corpus), epoch=a.epoch, skip_bad=a.skip_bad)
+
+
+def run_vocab(cfg, a) -> int:
+    from jobs.executor import map_tasks, sbatch_script
+    from jobs.tasks import VocabTask
+
+    from . import vocab
+
+    samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
+    vocab.check_pretrained(cfg)
+    src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
+    print(f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
+          f"vectors from {src}")
+    logs = Path(cfg.out) / "logs" / "vocab"
+    if a.dry_run:
+        if a.executor == "slurm":
+            print(sbatch_script(logs, _resources(a), "t2v-vocab"))
+        return 0
+    (o,) = map_tasks(VocabTask(cfg), [0], kind=a.executor, folder=logs, res=_resources(a), name="t2v-vocab",
+                     desc="vocab", wait=not a.no_wait)
+    if not o.ok:
+        print(f"vocab failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
+        return 1
+    if o.result is None:  # --no-wait
+        print(f"submitted job {o.job_id}")
+        return 0
+    info = o.result
+    excl = ", ".join(f"{r}={v['count']}" for r, v in info["excluded"].items()) or "none"
+    print(f"{info['n_tokens']} tokens x {info['dim']} dims, {info['n_samples']} samples; excluded: {excl}")
+    if info["no_vector"]:
+        print(f"warning: {len(info['no_vector'])} word(s) have no vector in the .vec file: "
+              f"{', '.join(info['no_vector'][:10])}", file=sys.stderr)
+    print(f"wrote {cfg.out}/embeddings.h5, samples.h5, vocab.json" + (", fasttext.bin" if info["subwords"] else ""))
+    return 0
+
+
+def cmd_vocab(a) -> int:
+    return run_vocab(vocab_config(a), a)
+
+
+def cmd_neighbors(a) -> int:
+    from .vocab import Vocab
+
+    v = Vocab(a.vocab)
+    toks, _ = v.encode(a.word)
+    known = [t for t in toks if t in v.index]
+    note = "in the vocabulary" if len(known) == len(toks) else "not all in the vocabulary: subword vectors"
+    print(f"{a.word!r} -> {toks} ({note})")
+    for tok, sim in v.neighbors(a.word, a.k):
+        print(f"  {sim:+.3f}  {tok}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .frames import FramesConfig
     from .manifests import load_subset
@@ -184,7 +271,8 @@ def cmd_demo(a) -> int:
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
-    handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "demo": cmd_demo}[a.cmd]
+    handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "vocab": cmd_vocab, "neighbors": cmd_neighbors,
+               "demo": cmd_demo}[a.cmd]
     try:
         return handler(a)
     except UserError as e:

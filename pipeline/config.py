@@ -17,18 +17,19 @@ from pathlib import Path
 from .errors import UserError
 
 
+def _plain(v):
+    if dataclasses.is_dataclass(v):
+        return to_dict(v)
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
+
+
 def to_dict(cfg) -> dict:
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            v = to_dict(v)
-        elif isinstance(v, Path):
-            v = str(v)
-        elif isinstance(v, tuple):
-            v = list(v)
-        out[f.name] = v
-    return out
+    """A config as JSON-able plain data (paths as strings, tuples as lists)."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 def fingerprint(d: dict) -> str:

@@ -1,0 +1,309 @@
+"""Vocabulary stage: captions -> word vectors with fastText, no word left out.
+
+``run(cfg)`` parses the labels, builds the conditioning text per sample
+(``object``: the placeholders; ``sentence``: the whole caption), gets a vector
+for every token from fastText (trained here on the captions, or a pretrained
+``.bin``/``.vec`` read as a stream) and writes:
+
+- ``fasttext.bin``: the model (for a pretrained ``.bin``, a link to it), so a
+  new word at sampling time still gets a vector from its subwords;
+- ``embeddings.h5``: ``tokens`` and float32 ``vectors``, row 0 = padding;
+- ``samples.h5``: per video id, the token ids and the condition vector;
+- ``vocab.json``: counts, config, and every excluded sample with its reason
+  (written last: its presence marks a complete output).
+
+``Vocab`` reads that back for training, sampling and ``t2v neighbors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+
+from .config import to_dict
+from .errors import UserError
+from .fasttext_bin import MAGIC, FastTextBin
+from .labels import read_labels
+from .text import tokenize
+
+PAD = "<pad>"
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    labels: tuple[Path, ...]
+    out: Path
+    mode: Literal["object", "sentence"] = "object"
+    pretrained: Optional[Path] = None
+    dim: Optional[int] = None  # training default 50; if given with --pretrained it must match
+    corpus: tuple[Path, ...] = ()
+    epoch: int = 50
+    min_count: int = 1
+    minn: int = 3
+    maxn: int = 6
+    bucket: int = 200_000  # hashed n-gram rows; fastText's 2M is sized for web corpora
+    skip_bad: bool = False
+
+    @property
+    def train_dim(self) -> int:
+        return self.dim or 50
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def condition_text(mode: str, label: str, placeholders) -> str:
+    return " ".join(placeholders) if mode == "object" else label
+
+
+def parse(cfg: VocabConfig):
+    """Labels -> kept samples (id, template, text, tokens) and exclusions by reason."""
+    if not cfg.labels:
+        raise UserError("give at least one --labels file")
+    samples, seen = [], set()
+    for path in cfg.labels:
+        rows = read_labels(path)
+        for s in rows:
+            if s.id in seen:
+                raise UserError(f"sample id {s.id} occurs in more than one --labels file")
+            seen.add(s.id)
+        samples += rows
+    if not samples:
+        raise UserError(f"no samples in {', '.join(map(str, cfg.labels))}")
+    kept, excluded = [], {}
+    for s in samples:
+        reason = None
+        if cfg.mode == "object" and not s.placeholders:
+            reason = "no_placeholders"
+        text = condition_text(cfg.mode, s.label, s.placeholders)
+        toks = tokenize(text)
+        if reason is None and not toks:
+            reason = "no_tokens"
+        if reason:
+            if not cfg.skip_bad:
+                what = {"no_placeholders": "has no placeholders (object mode conditions on them)",
+                        "no_tokens": f"has no words to condition on ({text!r})"}[reason]
+                raise UserError(f"sample {s.id} {what}; use --skip-bad to exclude such samples "
+                                "(they are counted in vocab.json)")
+            excluded.setdefault(reason, []).append(s.id)
+            continue
+        kept.append((s, text, toks))
+    return samples, kept, excluded
+
+
+def _train(cfg: VocabConfig, samples, out: Path) -> Path:
+    import fasttext
+
+    corpus = out / "corpus.txt"
+    lines = [" ".join(tokenize(s.label)) for s in samples]
+    for extra in cfg.corpus:
+        try:
+            text = Path(extra).read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise UserError(f"--corpus file not found: {extra}") from None
+        except UnicodeDecodeError as e:
+            raise UserError(f"--corpus file {extra} is not UTF-8 (byte {e.start})") from None
+        lines += [" ".join(tokenize(line)) for line in text.splitlines()]
+    corpus.write_text("\n".join(line for line in lines if line) + "\n")
+    # One thread and fastText's fixed seed: the same corpus gives the same vectors.
+    model = fasttext.train_unsupervised(str(corpus), model="skipgram", dim=cfg.train_dim, epoch=cfg.epoch,
+                                        minCount=cfg.min_count, minn=cfg.minn, maxn=cfg.maxn,
+                                        bucket=cfg.bucket, thread=1, verbose=0)
+    dest = out / "fasttext.bin"
+    _atomic(dest, lambda p: model.save_model(str(p)))
+    return dest
+
+
+def _sniff(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError as e:
+        raise UserError(f"cannot read --pretrained {path}: {e.strerror}") from None
+    if len(head) >= 4 and struct.unpack("<i", head[:4])[0] == MAGIC:
+        return "bin"
+    first = head.split(b"\n", 1)[0].split()
+    if len(first) == 2 and all(x.isdigit() for x in first):
+        return "vec"
+    raise UserError(f"--pretrained {path} is neither a fastText .bin model nor a .vec text file "
+                    "(expected the .bin magic number or a '<words> <dim>' header line)")
+
+
+def check_pretrained(cfg: VocabConfig) -> str | None:
+    """Cheap checks of --pretrained (its kind and dim) before any work is submitted."""
+    if cfg.pretrained is None:
+        return None
+    path = Path(cfg.pretrained)
+    kind = _sniff(path)
+    if kind == "bin":
+        with open(path, "rb") as f:
+            f.seek(8)
+            dim = struct.unpack("<i", f.read(4))[0]
+    else:
+        with open(path, "rb") as f:
+            dim = int(f.readline().split()[1])
+    if cfg.dim is not None and cfg.dim != dim:
+        raise UserError(f"--dim {cfg.dim} does not match {path}, whose vectors have dim {dim}")
+    return kind
+
+
+def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
+    """Stream a .vec file, keeping only the wanted words' rows."""
+    from tqdm import tqdm
+
+    found = {}
+    with open(path, "rb") as f:
+        n, d = map(int, f.readline().split())
+        for lineno, line in enumerate(tqdm(f, total=n, desc="reading .vec", unit="word", mininterval=2), 2):
+            word, _, rest = line.rstrip(b"\n").partition(b" ")
+            w = word.decode("utf-8", errors="replace")
+            if w in wanted and w not in found:
+                vec = np.array(rest.split(), dtype=np.float32)
+                if vec.shape != (d,):
+                    raise UserError(f"{path}:{lineno}: expected {d} numbers for {w!r}, found {vec.size}")
+                found[w] = vec
+    return found, d
+
+
+def run(cfg: VocabConfig, progress: bool = True) -> dict:
+    import h5py
+
+    out = Path(cfg.out)
+    samples, kept, excluded = parse(cfg)
+    kind = check_pretrained(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").unlink(missing_ok=True)  # not complete until rewritten at the end
+    counts = Counter(t for s in samples for t in tokenize(s.label))
+    wanted = set(counts) | {t for _, _, toks in kept for t in toks}  # object words missing from a label too
+    subword_only: list[str] = []
+    no_vector: list[str] = []
+    if cfg.pretrained is None:
+        source, subwords = "trained", True
+        ft = FastTextBin(_train(cfg, samples, out), words=wanted)
+        vec = {t: ft.word_vector(t) for t in wanted}
+        dim = ft.dim
+    elif kind == "bin":
+        source, subwords = "pretrained-bin", True
+        ft = FastTextBin(cfg.pretrained, words=wanted)
+        vec = {t: ft.word_vector(t) for t in wanted}
+        dim = ft.dim
+        link = out / "fasttext.bin"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(cfg.pretrained).resolve())  # 7 GB is kept where it is, not copied
+        subword_only = sorted(t for t in wanted if t not in ft.ids)  # vectors from n-grams alone
+    else:
+        source, subwords = "pretrained-vec", False
+        vec, dim = _read_vec(Path(cfg.pretrained), wanted)
+        no_vector = sorted(wanted - set(vec))  # no subwords in a .vec: these have no vector
+        (out / "fasttext.bin").unlink(missing_ok=True)
+    tokens = [PAD] + sorted(vec, key=lambda t: (-counts.get(t, 0), t))
+    index = {t: i for i, t in enumerate(tokens)}
+    table = np.zeros((len(tokens), dim), np.float32)
+    for t, i in index.items():
+        if i:
+            table[i] = vec[t]
+    rows = []
+    for s, text, toks in kept:
+        ids = [index[t] for t in toks if t in index]
+        if not ids:
+            excluded.setdefault("all_tokens_oov", []).append(s.id)
+            continue
+        rows.append((s, text, ids))
+    if not rows:
+        raise UserError("no sample has a word with a vector; see 'no_vector' in vocab.json")
+    max_len = max(len(ids) for _, _, ids in rows)
+    token_ids = np.zeros((len(rows), max_len), np.int32)
+    for i, (_, _, ids) in enumerate(rows):
+        token_ids[i, :len(ids)] = ids
+    lengths = (token_ids > 0).sum(1)
+    condition = (table[token_ids].sum(1) / lengths[:, None]).astype(np.float32)  # N,D: mean of word vectors
+    strs = dict(dtype=h5py.string_dtype())
+
+    def write_embeddings(p):
+        with h5py.File(p, "w") as f:
+            f.create_dataset("tokens", data=tokens, **strs)
+            f.create_dataset("vectors", data=table)
+            f.attrs.update(dim=dim, source=source, mode=cfg.mode)
+
+    def write_samples(p):
+        with h5py.File(p, "w") as f:
+            f.create_dataset("ids", data=[s.id for s, _, _ in rows], **strs)
+            f.create_dataset("text", data=[t for _, t, _ in rows], **strs)
+            f.create_dataset("label", data=[s.label for s, _, _ in rows], **strs)
+            f.create_dataset("template", data=[s.template for s, _, _ in rows], **strs)
+            f.create_dataset("token_ids", data=token_ids)
+            f.create_dataset("lengths", data=lengths.astype(np.int32))
+            f.create_dataset("condition", data=condition)
+            f.attrs.update(mode=cfg.mode, dim=dim)
+
+    _atomic(out / "embeddings.h5", write_embeddings)
+    _atomic(out / "samples.h5", write_samples)
+    info = {
+        "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
+        "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
+        "excluded": {r: {"count": len(ids), "ids": ids} for r, ids in sorted(excluded.items())},
+        "subword_only": subword_only, "no_vector": no_vector,
+        "token_counts": {t: counts.get(t, 0) for t in tokens[1:]},
+        "object_counts": dict(Counter(" ".join(s.placeholders) for s in samples).most_common()),
+        "template_counts": dict(Counter(s.template for s in samples).most_common()),
+    }
+    _atomic(out / "vocab.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+    return info
+
+
+class Vocab:
+    """A finished vocab dir: the token table, per-sample conditions, and vectors for any word."""
+
+    def __init__(self, root):
+        import h5py
+
+        self.root = Path(root)
+        if not (self.root / "vocab.json").exists():
+            raise UserError(f"{self.root} is not a finished vocab dir (no vocab.json); run `t2v vocab`")
+        self.info = json.loads((self.root / "vocab.json").read_text())
+        with h5py.File(self.root / "embeddings.h5", "r") as f:
+            self.tokens = [t.decode() for t in f["tokens"][:]]
+            self.vectors = f["vectors"][:]
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self._ft = None
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def word_vector(self, word: str) -> np.ndarray:
+        if word in self.index and self.index[word]:
+            return self.vectors[self.index[word]]
+        if not self.info["subwords"]:
+            raise UserError(f"{word!r} is not in the vocabulary, and these vectors came from a .vec file, "
+                            "which has no subword information")
+        if self._ft is None:
+            self._ft = FastTextBin(self.root / "fasttext.bin", words=set())
+        return self._ft.word_vector(word)
+
+    def encode(self, text: str) -> tuple[list[str], np.ndarray]:
+        """Any text -> its tokens and their vectors (L,D); unseen words use subwords."""
+        toks = tokenize(text)
+        if not toks:
+            raise UserError(f"{text!r} has no words to condition on")
+        return toks, np.stack([self.word_vector(t) for t in toks])
+
+    def neighbors(self, text: str, k: int = 5) -> list[tuple[str, float]]:
+        toks, vecs = self.encode(text)
+        q = vecs.mean(0)
+        table = self.vectors[1:]
+        sims = table @ q / (np.linalg.norm(table, axis=1) * np.linalg.norm(q) + 1e-12)
+        order = [i for i in np.argsort(-sims) if self.tokens[i + 1] not in toks]
+        return [(self.tokens[i + 1], float(sims[i])) for i in order[:k]]
