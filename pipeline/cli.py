@@ -254,19 +254,28 @@ def cmd_demo(a) -> int:
     from .frames import FramesConfig
     from .manifests import load_subset
     from .toydata import make_toy
+    from .vocab import VocabConfig
 
     out = Path(a.out)
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
         make_toy(data, videos=a.videos, seed=0)
-    cfg = FramesConfig(labels=data / "labels" / "train.json", videos=data / "videos", out=out / "frames",
-                       templates=tuple(load_subset("toy")["templates"]), shard_size=32)
-    args = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
-                              qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
-    rc = run_frames(cfg, args)
-    print(f"\ndemo: toy dataset in {data}, frames in {out / 'frames'} "
-          "(vocab, training and evaluation arrive with later stages)")
-    return rc
+    local = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
+                               qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
+    labels = (data / "labels" / "train.json", data / "labels" / "validation.json")
+    print("\n== frames ==")
+    rc = run_frames(FramesConfig(labels=labels[0], videos=data / "videos", out=out / "frames",
+                                 templates=tuple(load_subset("toy")["templates"]), shard_size=32), local)
+    if rc:
+        return rc
+    print("\n== vocab ==")
+    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab"), local)
+    if rc:
+        return rc
+    print(f"\ndemo: toy dataset in {data}, frames in {out / 'frames'}, word vectors in {out / 'vocab'}\n"
+          f"  try: t2v neighbors --vocab {out / 'vocab'} squares\n"
+          "(training, sampling and evaluation arrive with later stages)")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -55,3 +55,10 @@ def test_typed_overrides():
                      (["amp=maybe"], "expected bool"), (["steps"], "key=value"):
         with pytest.raises(UserError, match=msg):
             override(Cfg(), bad)
+
+
+def test_debug_executor_runs_in_process(toy, tmp_path):
+    out = tmp_path / "dbg"
+    r = t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", out,
+            "--shard-size", "30", "--executor", "debug")
+    assert "status counts: ok=" in r.stdout and len(list((out / "shards").glob("*.h5"))) == 2
