@@ -80,7 +80,7 @@ def make_executor(kind: Kind, folder, res: Resources, name: str):
         ex.update_parameters(**slurm_parameters(res, name))
     elif kind == "local":
         ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=res.timeout_min)
+        ex.update_parameters(timeout_min=res.timeout_min, tasks_per_node=res.tasks_per_node)
     elif kind == "debug":
         ex = submitit.DebugExecutor(folder=folder)
     else:
@@ -90,13 +90,23 @@ def make_executor(kind: Kind, folder, res: Resources, name: str):
 
 def _outcome(item, job) -> Outcome:
     try:
-        return Outcome(item, str(job.job_id), True, result=job.result())
+        return Outcome(item, str(job.job_id), True, result=job.results()[0])  # rank 0 of a multi-task job
     except Exception as e:  # noqa: BLE001  (a failed task is data, not a crash)
         # submitit wraps the task's traceback between dashed rulers; keep its last line.
         parts = [p for p in str(e).split("-" * 22) if "Traceback" in p] or [str(e)]
         lines = [line.strip() for line in parts[0].strip().splitlines() if line.strip()]
         return Outcome(item, str(job.job_id), False, error=lines[-1] if lines else type(e).__name__,
                        log=str(getattr(job.paths, "stderr", "")))
+
+
+def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True) -> Outcome:
+    """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result."""
+    ex = make_executor(kind, folder, res, name)
+    job = ex.submit(fn)
+    print(f"submitted job {job.job_id} ({kind}); logs in {folder}", file=sys.stderr)
+    if not wait:
+        return Outcome(None, str(job.job_id), True)
+    return _outcome(None, job)
 
 
 def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resources, name: str,

@@ -39,3 +39,22 @@ class VocabTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, _part)  # short and idempotent: just rerun
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Training as a submitit job. On preemption it resubmits a fresh task for the
+    same run dir; the new job finds the newest checkpoint by scanning, so nothing
+    stale (no model state, no checkpoint path) travels through the queue."""
+
+    cfg: object  # pipeline.train.TrainConfig
+
+    def __call__(self) -> dict:
+        from pipeline.train import run
+
+        return run(self.cfg)
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg))

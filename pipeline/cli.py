@@ -35,6 +35,13 @@ Re-running the same command redoes only missing shards; a finished output is lef
   t2v neighbors --vocab data/vocab square
   t2v neighbors --vocab data/vocab "penny" -k 10     # works for words never seen in training
 """,
+    "train": """examples:
+  t2v train --data data/frames --vocab data/vocab --run-dir runs/r1 --preset debug_cpu
+  t2v train ... --run-dir runs/r1 --max-steps 600          # same run dir: resume and extend
+  t2v train ... --set lr_g=1e-4 --set loss=hinge --tracking-uri http://127.0.0.1:5000
+  t2v train ... --executor local --tasks-per-node 2         # 2 DDP ranks (gloo on CPU)
+  t2v train ... --executor slurm --nodes 2 --tasks-per-node 4 --gpus-per-node 4 --preset paper
+""",
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
 """,
@@ -110,6 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("word")
     p.add_argument("-k", type=int, default=5)
 
+    p = cmd("train", "Train the conditional video GAN (DDP on any number of ranks, resumable, tracked in MLflow).")
+    p.add_argument("--data", type=Path, required=True, help="a `t2v frames` output dir")
+    p.add_argument("--vocab", type=Path, required=True, help="a `t2v vocab` output dir")
+    p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, clips and config; reuse it to resume")
+    p.add_argument("--preset", default="default", help="default, debug_cpu or paper")
+    p.add_argument("--max-steps", type=int, help="stop after this many G steps (a larger value extends a run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in ./mlruns)")
+    p.add_argument("--experiment", help="MLflow experiment name (default text2video)")
+    executor_flags(p, array=False)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--videos", type=int, default=120)
@@ -121,7 +142,8 @@ def _resources(a):
 
     return Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
                      cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
-                     array_parallelism=getattr(a, "array_parallelism", 1))
+                     array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
+                     tasks_per_node=getattr(a, "tasks_per_node", 1), gpus_per_node=getattr(a, "gpus_per_node", 0))
 
 
 def cmd_toy_data(a) -> int:
@@ -250,6 +272,57 @@ def cmd_neighbors(a) -> int:
     return 0
 
 
+def train_config(a):
+    from .train import build_config
+    from .tracking import default_uri
+
+    sets = list(a.set)
+    if a.max_steps is not None:
+        sets.append(f"max_steps={a.max_steps}")
+    # Resolve the default store now, so SLURM jobs log where the submitter looks.
+    sets.append(f"tracking_uri={a.tracking_uri or default_uri(Path.cwd())}")
+    if a.experiment:
+        sets.append(f"experiment={a.experiment}")
+    if a.executor != "local" and a.nodes * a.tasks_per_node > 1 and a.executor == "debug":
+        raise UserError("the debug executor runs one process; use --executor local or slurm for several ranks")
+    return build_config(a.data, a.vocab, a.run_dir, a.preset, sets)
+
+
+def run_train(cfg, a) -> int:
+    from jobs.executor import run_job, sbatch_script
+    from jobs.tasks import TrainTask
+
+    from . import train
+
+    info = train.check(cfg)
+    ranks = a.nodes * a.tasks_per_node
+    resumed = train.checkpoint_paths(cfg.run_dir)
+    print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
+          f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
+          + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
+    logs = Path(cfg.run_dir) / "logs"
+    if a.dry_run:
+        if a.executor == "slurm":
+            print(sbatch_script(logs, _resources(a), "t2v-train"))
+        return 0
+    o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=_resources(a), name="t2v-train",
+                wait=not a.no_wait)
+    if not o.ok:
+        print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
+        return 1
+    if o.result is None:
+        return 0
+    r = o.result
+    same = len(set(r["rank_digests"])) == 1
+    print(f"training {r['status']} at step {r['step']}; run dir {r['run_dir']}, MLflow run {r['mlflow_run_id']}")
+    print(f"weights on {r['world']} rank(s): " + ("identical" if same else "DIFFERENT: " + ", ".join(r["rank_digests"])))
+    return 0 if same else 1
+
+
+def cmd_train(a) -> int:
+    return run_train(train_config(a), a)
+
+
 def cmd_demo(a) -> int:
     from .frames import FramesConfig
     from .manifests import load_subset
@@ -281,7 +354,7 @@ def cmd_demo(a) -> int:
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "vocab": cmd_vocab, "neighbors": cmd_neighbors,
-               "demo": cmd_demo}[a.cmd]
+               "train": cmd_train, "demo": cmd_demo}[a.cmd]
     try:
         return handler(a)
     except UserError as e:

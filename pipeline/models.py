@@ -1,0 +1,174 @@
+"""The original text-to-video GAN, in our own code.
+
+Generator: a GRU runs over per-frame [noise; condition] to give one latent per
+frame; 3D residual up-blocks (spatial x2 each) with conditional BatchNorm,
+whose gain and bias are spectrally normalised linear maps of [noise;
+condition]; a ConvGRU in the middle; tanh output. Shape B,3,T,H,W.
+
+Discriminators, both spectrally normalised projection discriminators:
+``ImageD`` scores k random frames of each clip; ``VideoD`` runs 3D residual
+down-blocks, a ConvGRU over what is left of time, 2D down-blocks, then the
+projection of the condition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as SN
+
+
+class CBN3d(nn.Module):
+    def __init__(self, ch: int, y_dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm3d(ch, affine=False)
+        self.gain = SN(nn.Linear(y_dim, ch))
+        self.bias = SN(nn.Linear(y_dim, ch))
+
+    def forward(self, x, y):
+        g = 1 + self.gain(y)[:, :, None, None, None]
+        return self.bn(x) * g + self.bias(y)[:, :, None, None, None]
+
+
+class ConvGRU(nn.Module):
+    """A GRU whose gates are 3x3 convolutions, run over time: (B,C,T,H,W) -> (B,H_,T,H,W)."""
+
+    def __init__(self, cin: int, hidden: int, sn: bool = False):
+        super().__init__()
+        wrap = SN if sn else (lambda m: m)
+        self.hidden = hidden
+        self.gates = wrap(nn.Conv2d(cin + hidden, 2 * hidden, 3, padding=1))
+        self.cand = wrap(nn.Conv2d(cin + hidden, hidden, 3, padding=1))
+
+    def forward(self, x):
+        b, _, t, h, w = x.shape
+        state = x.new_zeros(b, self.hidden, h, w)
+        outs = []
+        for i in range(t):
+            xi = x[:, :, i]
+            z, r = torch.sigmoid(self.gates(torch.cat([xi, state], 1))).chunk(2, 1)
+            n = torch.tanh(self.cand(torch.cat([xi, r * state], 1)))
+            state = (1 - z) * state + z * n
+            outs.append(state)
+        return torch.stack(outs, 2)
+
+
+class GBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, y_dim: int):
+        super().__init__()
+        self.n1, self.n2 = CBN3d(cin, y_dim), CBN3d(cout, y_dim)
+        self.c1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.c2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.sc = nn.Conv3d(cin, cout, 1)
+
+    def forward(self, x, y):
+        up = lambda v: F.interpolate(v, scale_factor=(1, 2, 2), mode="nearest")  # noqa: E731  space only
+        h = self.c1(up(F.relu(self.n1(x, y))))
+        h = self.c2(F.relu(self.n2(h, y)))
+        return h + self.sc(up(x))
+
+
+class Generator(nn.Module):
+    def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
+                 gru_dim: int = 256):
+        super().__init__()
+        n_up = int(math.log2(size // 4))
+        if 4 * 2**n_up != size:
+            raise ValueError(f"size must be 4 * 2^k, got {size}")
+        self.z_dim, self.frames = z_dim, frames
+        widths = [ch * 2 ** min(3, n_up - i) for i in range(n_up + 1)]  # e.g. 8ch,4ch,2ch,ch
+        y_dim = z_dim + cond_dim
+        self.gru = nn.GRU(z_dim + cond_dim, gru_dim, batch_first=True)
+        self.fc = nn.Linear(gru_dim, widths[0] * 16)
+        self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], y_dim) for i in range(n_up))
+        mid = n_up // 2  # the ConvGRU sits after the middle block
+        self.mid = mid
+        self.convgru = ConvGRU(widths[mid], widths[mid])
+        self.out_bn = nn.BatchNorm3d(widths[-1])
+        self.out = nn.Conv3d(widths[-1], 3, 3, padding=1)
+        self.widths = widths
+
+    def noise(self, b: int, device) -> torch.Tensor:
+        return torch.randn(b, self.frames, self.z_dim, device=device)  # B,T,Z
+
+    def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        b, t, _ = noise.shape
+        h, _ = self.gru(torch.cat([noise, cond[:, None].expand(b, t, -1)], -1))  # B,T,G
+        x = self.fc(h).view(b, t, self.widths[0], 4, 4).transpose(1, 2)  # B,C,T,4,4
+        y = torch.cat([noise[:, 0], cond], -1)  # what the CBN gains and biases see
+        for i, block in enumerate(self.blocks):
+            if i == self.mid:
+                x = x + self.convgru(x)
+            x = block(x, y)
+        return torch.tanh(self.out(F.relu(self.out_bn(x))))  # B,3,T,H,W
+
+
+class DBlock(nn.Module):
+    """Residual down-block with spectral norm, 2D or 3D (3D also halves time)."""
+
+    def __init__(self, cin: int, cout: int, dims: int, down: bool = True, first: bool = False):
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.pool = (F.avg_pool3d if dims == 3 else F.avg_pool2d) if down else None
+        self.first = first
+        self.c1 = SN(conv(cin, cout, 3, padding=1))
+        self.c2 = SN(conv(cout, cout, 3, padding=1))
+        self.sc = SN(conv(cin, cout, 1))
+
+    def forward(self, x):
+        h = self.c1(x if self.first else F.relu(x))
+        h = self.c2(F.relu(h))
+        s = self.sc(x)
+        if self.pool:
+            h, s = self.pool(h, 2), self.pool(s, 2)
+        return h + s
+
+
+class Projection(nn.Module):
+    """Projection discriminator head: linear(phi) + <embed(cond), phi>."""
+
+    def __init__(self, ch: int, cond_dim: int):
+        super().__init__()
+        self.lin = SN(nn.Linear(ch, 1))
+        self.embed = SN(nn.Linear(cond_dim, ch))
+
+    def forward(self, phi, cond):
+        return self.lin(phi).squeeze(1) + (self.embed(cond) * phi).sum(1)
+
+
+class ImageD(nn.Module):
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, k: int = 4):
+        super().__init__()
+        n = int(math.log2(size // 4))
+        widths = [3] + [ch * 2 ** min(i, 3) for i in range(n + 1)]
+        self.k = k
+        self.blocks = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n, first=i == 0)
+                                      for i in range(n + 1)])
+        self.head = Projection(widths[-1], cond_dim)
+
+    def forward(self, video, cond):
+        b, c, t, h, w = video.shape
+        idx = torch.randint(t, (b, self.k), device=video.device)  # k random frames per clip
+        frames = video.transpose(1, 2)[torch.arange(b, device=video.device)[:, None], idx]  # B,k,C,H,W
+        phi = F.relu(self.blocks(frames.reshape(b * self.k, c, h, w))).sum((2, 3))
+        return self.head(phi, cond.repeat_interleave(self.k, 0)).view(b, self.k)
+
+
+class VideoD(nn.Module):
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32):
+        super().__init__()
+        self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True), DBlock(ch, 2 * ch, 3))  # T/4, H/4
+        self.convgru = ConvGRU(2 * ch, 2 * ch, sn=True)
+        n2 = int(math.log2(size // 16))  # 2D down-blocks to 4x4
+        widths = [2 * ch] + [ch * 2 ** min(i + 2, 4) for i in range(n2 + 1)]
+        self.b2 = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n2) for i in range(n2 + 1)])
+        self.head = Projection(widths[-1], cond_dim)
+
+    def forward(self, video, cond):
+        h = self.b3(video)  # B,2ch,T/4,H/4,W/4
+        h = self.convgru(h)[:, :, -1]  # last state: B,2ch,H/4,W/4
+        phi = F.relu(self.b2(h)).sum((2, 3))
+        return self.head(phi, cond)

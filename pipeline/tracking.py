@@ -1,0 +1,113 @@
+"""MLflow for training, on rank 0 only, never allowed to stop training.
+
+The run id lives in ``RUN_DIR/mlflow_run_id`` so a resumed (or requeued) job
+logs into the same run; metrics at steps the run already has are skipped, so
+redoing steps after a crash never logs a step twice. Every call is guarded: if
+the tracking server is down, training warns once and carries on, and the
+checkpoints still hold everything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+KEY_METRIC = "loss_G"  # logged every tick; its history says where a resumed run left off
+
+
+def default_uri(base: Path) -> str:
+    return f"sqlite:///{(Path(base) / 'mlruns' / 'mlflow.db').absolute()}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]
+    return out
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, run_dir: Path, params: dict, tags: dict,
+                 run_name: str | None = None):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail fast, don't stall a step
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.ok, self.warned, self.last_step = True, False, -1
+        self.run_id = None
+        id_file = Path(run_dir) / "mlflow_run_id"
+        try:
+            from mlflow.tracking import MlflowClient
+
+            if uri.startswith("sqlite:///"):
+                Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            self.client = MlflowClient(tracking_uri=uri)
+            if id_file.exists():
+                self.run_id = id_file.read_text().strip()
+                hist = self.client.get_metric_history(self.run_id, KEY_METRIC)
+                self.last_step = max((m.step for m in hist), default=-1)
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    art = None
+                    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in the cwd
+                        art = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+                    exp_id = self.client.create_experiment(experiment, artifact_location=art)
+                else:
+                    exp_id = exp.experiment_id
+                run = self.client.create_run(exp_id, run_name=run_name or Path(run_dir).name,
+                                             tags={k: str(v) for k, v in tags.items()})
+                self.run_id = run.info.run_id
+                tmp = id_file.with_suffix(".tmp")
+                tmp.write_text(self.run_id)
+                os.replace(tmp, id_file)
+                from mlflow.entities import Param
+
+                items = [Param(k, v) for k, v in _flatten(params).items()]
+                for i in range(0, len(items), 100):
+                    self.client.log_batch(self.run_id, params=items[i:i + 100])
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.ok = False
+        if not self.warned:
+            print(f"warning: MLflow unavailable ({type(e).__name__}: {str(e)[:200]}); training carries on, "
+                  "checkpoints hold everything", file=sys.stderr)
+            self.warned = True
+
+    def metrics(self, step: int, values: dict) -> None:
+        if self.run_id is None or step <= self.last_step:
+            return
+        try:
+            import time
+
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+            self.last_step = step
+            self.ok = True
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.client.log_artifact(self.run_id, str(path), subdir)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id is None:
+            return
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)

@@ -1,0 +1,545 @@
+"""Training stage: the conditional video GAN, one code path from 1 CPU process to N nodes.
+
+``check(cfg)`` validates data, vocab and run dir before any work; ``run(cfg)``
+trains. Every rank runs the same loop; rank 0 alone writes checkpoints and
+talks to MLflow. A checkpoint holds models, optimizers, EMA, the step, every
+rank's RNG states and the data position, so resuming from it is bit-exact:
+a run stopped at N and resumed to 2N equals a straight run to 2N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import dist
+from .config import to_dict
+from .errors import UserError
+
+# Keys that may change when a run is resumed; any other difference is a different experiment.
+RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
+               "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: Path
+    vocab: Path
+    run_dir: Path
+    preset: str = "default"
+    max_steps: int = 1000
+    # Optimisation: the original's hyperparameters.
+    batch: int = 128  # global, split over ranks
+    lr_g: float = 5e-5
+    lr_d: float = 2e-4
+    beta1: float = 0.3
+    beta2: float = 0.999
+    d_steps: int = 2  # D steps per G step
+    gp_weight: float = 100.0  # zero-centred GP on interpolates (arXiv 1902.03984)
+    loss: Literal["bce", "hinge"] = "bce"
+    ema_beta: float = 0.999
+    # Model.
+    frames: int = 16
+    size: int = 32
+    z_dim: int = 64
+    gru_dim: int = 256
+    g_ch: int = 32
+    d_ch: int = 32
+    img_frames: int = 4  # frames the image discriminator scores per clip
+    # Speed.
+    amp: bool = False  # bf16 autocast, CUDA only
+    channels_last: bool = False
+    compile: bool = False  # torch.compile of G (D needs double backward, which compile lacks)
+    workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    # Upkeep.
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    tick_every: int = 10
+    clip_every: int = 0  # 0: clips only at the end
+    clip_samples: int = 4
+    tracking_uri: str = ""
+    experiment: str = "text2video"
+
+
+def _debug_cpu() -> dict:
+    return dict(batch=16, g_ch=8, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
+                checkpoint_every=50, tick_every=10, workers=0, lr_g=2e-4, lr_d=4e-4)
+
+
+def _paper() -> dict:
+    return dict(batch=128, g_ch=64, d_ch=64, z_dim=128, gru_dim=512, img_frames=4, max_steps=100_000,
+                checkpoint_every=1000, tick_every=50, clip_every=2000)
+
+
+PRESETS = {"default": dict, "debug_cpu": _debug_cpu, "paper": _paper}
+
+
+def build_config(data, vocab, run_dir, preset: str = "default", overrides=()) -> TrainConfig:
+    from .config import override
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cfg = TrainConfig(data=Path(data), vocab=Path(vocab), run_dir=Path(run_dir), preset=preset,
+                      **PRESETS[preset]())
+    return override(cfg, list(overrides))
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class TrainData(torch.utils.data.Dataset):
+    """Frames shards joined with the vocab's per-sample condition vectors by video id."""
+
+    def __init__(self, data: Path, vocab: Path):
+        import h5py
+
+        from .data import ShardDataset
+
+        self.clips = ShardDataset(data)
+        with h5py.File(Path(vocab) / "samples.h5", "r") as f:
+            ids = [i.decode() for i in f["ids"][:]]
+            cond = f["condition"][:]
+        pos = {i: k for k, i in enumerate(ids)}
+        missing = [i for i in self.clips.rows["id"] if i not in pos]
+        if missing:
+            raise UserError(f"{len(missing)} clip(s) in {data} have no condition in {vocab} (e.g. id "
+                            f"{missing[0]}); build the vocab from the same labels")
+        self.cond = torch.from_numpy(cond[[pos[i] for i in self.clips.rows["id"]]])  # N,D
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i):
+        return self.clips[i]["video"], self.cond[i]
+
+
+class RankBatches:
+    """Endless, deterministic batches of indices for one rank, resumable at any position.
+
+    Epoch e shuffles all samples with seed (seed, e); rank r takes every world-th
+    index, so ranks see disjoint slices. ``start`` is the number of batches this
+    rank has already consumed.
+    """
+
+    def __init__(self, n: int, batch: int, rank: int, world: int, seed: int, start: int = 0):
+        self.n, self.batch, self.rank, self.world, self.seed, self.start = n, batch, rank, world, seed, start
+        self.per_epoch = (n // world) // batch
+        if self.per_epoch == 0:
+            raise UserError(f"{n} clips are too few for a batch of {batch} on each of {world} rank(s)")
+
+    def __iter__(self):
+        pos = self.start
+        while True:
+            epoch, k = divmod(pos, self.per_epoch)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            mine = perm[: (self.n // self.world) * self.world][self.rank::self.world]
+            yield mine[k * self.batch:(k + 1) * self.batch].tolist()
+            pos += 1
+
+
+def to_model_input(video_u8: torch.Tensor, device) -> torch.Tensor:
+    """uint8 (B,T,H,W,3) -> float (B,3,T,H,W) in [-1, 1]."""
+    return video_u8.to(device, non_blocking=True).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _shard_attrs(data: Path) -> dict:
+    import h5py
+
+    shards = sorted((Path(data) / "shards").glob("shard-*.h5"))
+    if not shards:
+        raise UserError(f"no shards in {data}/shards: run `t2v frames` first")
+    with h5py.File(shards[0], "r") as f:
+        return json.loads(f.attrs["config"])
+
+
+def check(cfg: TrainConfig) -> dict:
+    """Everything that can be wrong before a job starts; returns what the plan prints."""
+    from .vocab import Vocab
+
+    for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints"):
+        if getattr(cfg, k) < 1:
+            raise UserError(f"{k} must be >= 1")
+    if not (Path(cfg.data) / "manifest.csv").exists():
+        raise UserError(f"{cfg.data} is not a finished frames output (no manifest.csv)")
+    shard = _shard_attrs(cfg.data)
+    if (shard["frames"], shard["size"]) != (cfg.frames, cfg.size):
+        raise UserError(f"the shards in {cfg.data} hold {shard['frames']} frames of {shard['size']}px but the "
+                        f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
+    if cfg.size not in (32, 64, 128):
+        raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
+    vocab = Vocab(cfg.vocab)
+    data = TrainData(cfg.data, cfg.vocab)  # raises on ids without conditions
+    if data.cond.shape[1] != vocab.dim:
+        raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, vectors {vocab.dim}")
+    saved = Path(cfg.run_dir) / "config.json"
+    if saved.exists():
+        old = json.loads(saved.read_text())
+        new = to_dict(cfg)
+        diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
+        if diff:
+            raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
+                            "use a new --run-dir")
+    return {"clips": len(data), "cond_dim": vocab.dim, "mode": vocab.info["mode"]}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    """This rank's RNG states as plain bytes (gather_object can't carry tensors here)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    s = {"python": random.getstate(), "numpy": [kind, keys.tobytes(), pos, has_gauss, cached],
+         "torch": torch.get_rng_state().numpy().tobytes()}
+    if torch.cuda.is_available():
+        s["cuda"] = [t.numpy().tobytes() for t in torch.cuda.get_rng_state_all()]
+    return s
+
+
+def _as_tensors(s: dict) -> dict:
+    """Bytes -> uint8 tensors, so the checkpoint loads with torch.load(weights_only=True)."""
+    u8 = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # noqa: E731
+    out = dict(s, torch=u8(s["torch"]), numpy=[s["numpy"][0], u8(s["numpy"][1]), *s["numpy"][2:]])
+    if "cuda" in s:
+        out["cuda"] = [u8(b) for b in s["cuda"]]
+    return out
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, keys.numpy().view(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """Checkpoints, newest first (found by scanning, never through a pointer file)."""
+    return sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"), reverse=True)
+
+
+def load_latest(run_dir: Path) -> dict | None:
+    for p in checkpoint_paths(run_dir):
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            if state.get("format") == 1:
+                return state
+            raise ValueError("not a t2v checkpoint")
+        except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
+            print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
+    return None
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    d = Path(run_dir) / "checkpoints"
+    d.mkdir(parents=True, exist_ok=True)
+    final = d / f"step-{step:08d}.pt"
+    tmp = d / f".{final.name}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fd = os.open(d, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    for old in checkpoint_paths(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def d_loss(real_logits, mismatch_logits, fake_logits, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + mismatch_logits).mean() + F.relu(1 + fake_logits).mean()
+    bce = F.binary_cross_entropy_with_logits
+    return (bce(real_logits, torch.ones_like(real_logits)) + bce(mismatch_logits, torch.zeros_like(mismatch_logits))
+            + bce(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def g_loss(fake_logits, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_logits.mean()
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def gradient_penalty(D, real, fake, cond) -> torch.Tensor:
+    """Zero-centred GP on random interpolates between real and fake clips."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, 1, device=real.device)
+    x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x, cond).sum(), x, create_graph=True)
+    return g.pow(2).flatten(1).sum(1).mean()
+
+
+# ----------------------------------------------------------------------------- prompts and clips
+
+
+def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[str, str, bool]]:
+    """(template, object, held_out) rows for clip grids: common training pairs, then
+    pairs of a seen object with a template it never had in training (e.g. the reversed direction)."""
+    import pandas as pd
+
+    m = pd.read_csv(Path(data) / "manifest.csv", dtype={"id": str}, keep_default_na=False)
+    m = m[m["status"] == "ok"]
+    m["object"] = m["placeholders"].map(lambda p: " ".join(json.loads(p)))
+    pairs = m.groupby(["template", "object"]).size().sort_values(ascending=False, kind="stable")
+    seen = [(t, o, False) for t, o in list(pairs.index)[:n_seen]]
+    have = set(pairs.index)
+    held = [(t, o, True) for _, o, _ in seen for t in sorted(set(m["template"])) if (t, o) not in have]
+    return seen + held[:n_heldout]
+
+
+def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
+    from .labels import fill
+    from .vocab import Vocab, condition_text
+
+    v = Vocab(vocab_dir)
+    vecs = [v.encode(condition_text(v.info["mode"], fill(t, [o]), [o]))[1].mean(0) for t, o, _ in prompts]
+    return torch.from_numpy(np.stack(vecs)).float()
+
+
+@torch.no_grad()
+def render_clips(G, cond: torch.Tensor, samples: int, seed: int, device) -> torch.Tensor:
+    """(P, S, 3, T, H, W) clips from fixed noise, without touching the global RNG."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    p = cond.shape[0]
+    noise = torch.randn(p * samples, G.frames, G.z_dim, generator=gen).to(device)
+    out = G(cond.to(device).repeat_interleave(samples, 0), noise)
+    return out.view(p, samples, *out.shape[1:])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run(cfg: TrainConfig) -> dict:
+    from .models import Generator, ImageD, VideoD
+    from .tracking import Tracker, default_uri
+
+    env = dist.init(cfg.device)
+    device = torch.device(env.device)
+    run_dir = Path(cfg.run_dir)
+    info = check(cfg)
+    if env.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
+    dist.barrier()
+
+    # Models and optimizers; the same seed first, so every rank starts from the same weights.
+    cdim = info["cond_dim"]
+    torch.manual_seed(cfg.seed)
+    G = Generator(cdim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim).to(device)
+    D_img = ImageD(cdim, cfg.d_ch, cfg.size, cfg.img_frames).to(device)
+    D_vid = VideoD(cdim, cfg.d_ch, cfg.size).to(device)
+    G_ema = Generator(cdim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim).to(device).eval()
+    if cfg.channels_last:
+        for m in (G, D_vid, G_ema):
+            m.to(memory_format=torch.channels_last_3d)
+    opt_G = torch.optim.Adam(G.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    d_params = list(D_img.parameters()) + list(D_vid.parameters())
+    opt_D = torch.optim.Adam(d_params, cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+
+    # Resume or start.
+    state = load_latest(run_dir)
+    if state is None:
+        G_ema.load_state_dict(G.state_dict())
+        step, data_pos = 0, 0
+        random.seed(cfg.seed + env.rank)
+        np.random.seed(cfg.seed + env.rank)
+        torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
+    else:
+        for m, k in ((G, "G"), (D_img, "D_img"), (D_vid, "D_vid"), (G_ema, "G_ema"), (opt_G, "opt_G"),
+                     (opt_D, "opt_D")):
+            m.load_state_dict(state[k])
+        step, data_pos = state["step"], state["data_pos"]
+        if len(state["rng"]) != env.world:
+            raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
+        _set_rng_state(state["rng"][env.rank])
+        if env.main:
+            print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+    G_train = torch.compile(G) if cfg.compile else G
+
+    # Data: this rank's disjoint slice, starting where the checkpoint left off.
+    data = TrainData(cfg.data, cfg.vocab)
+    per_rank = cfg.batch // env.world
+    if per_rank * env.world != cfg.batch:
+        raise UserError(f"batch {cfg.batch} does not split evenly over {env.world} ranks")
+    sampler = RankBatches(len(data), per_rank, env.rank, env.world, cfg.seed, start=data_pos)
+    # Its own generator: creating the loader must not draw from the global RNG, or a
+    # resumed run's random stream would drift from an uninterrupted one.
+    loader = iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers,
+                                              pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                                              generator=torch.Generator().manual_seed(cfg.seed)))
+
+    # Tracking (rank 0 only) and preemption.
+    tracker = None
+    prompts = clip_prompts(cfg.data)
+    prompt_cond = prompt_conditions(cfg.vocab, prompts)
+    if env.main:
+        tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset,
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+                "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+                "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
+        tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
+    stop = {"flag": False}
+    signals = [signal.SIGUSR1] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
+    previous = {s: signal.signal(s, lambda *_: stop.update(flag=True)) for s in signals}
+
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+
+    def batch():
+        video, cond = next(loader)
+        x = to_model_input(video, device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, cond.to(device)
+
+    def save(step_now: int, data_pos_now: int) -> None:
+        rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]  # collective: all ranks' RNGs
+        if env.main:
+            path = save_checkpoint(run_dir, step_now, {
+                "format": 1, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
+                "G": G.state_dict(), "D_img": D_img.state_dict(), "D_vid": D_vid.state_dict(),
+                "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                "rng": rngs}, cfg.keep_checkpoints)
+            print(f"checkpoint {path}", file=sys.stderr)
+        dist.barrier()
+
+    def clips(step_now: int) -> None:
+        if not env.main:
+            return
+        from .clips import grid, to_uint8, write
+
+        videos = to_uint8(render_clips(G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
+        g = grid(videos)
+        for ext in ("gif", "mp4"):
+            p = write(g, run_dir / "clips" / f"step-{step_now:08d}.{ext}")
+            tracker.artifact(p, "clips")
+        (run_dir / "clips" / "prompts.json").write_text(json.dumps(
+            [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
+
+    tick = {k: 0.0 for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "wait", "n")}
+    t_tick = time.perf_counter()
+    status = "finished"
+    try:
+        while step < cfg.max_steps:
+            # Dmain + Dreg: d_steps discriminator updates on fresh real batches.
+            for _ in range(cfg.d_steps):
+                t0 = time.perf_counter()
+                real, cond = batch()
+                tick["wait"] += time.perf_counter() - t0
+                data_pos += 1
+                with torch.no_grad(), amp:
+                    fake = G_train(cond, G.noise(real.shape[0], device))
+                mism = cond.roll(1, 0)  # real clip, someone else's text
+                loss = 0.0
+                for D, name in ((D_img, "gp_img"), (D_vid, "gp_vid")):
+                    with amp:
+                        real_l, mism_l, fake_l = D(real, cond), D(real, mism), D(fake, cond)
+                        gp = gradient_penalty(D, real, fake, cond)
+                    loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) + cfg.gp_weight * gp
+                    tick[name] += gp.item() / cfg.d_steps
+                    tick["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)
+                    tick["d_fake"] += fake_l.float().mean().item() / (2 * cfg.d_steps)
+                opt_D.zero_grad(set_to_none=True)
+                loss.backward()
+                dist.average_grads(d_params)
+                opt_D.step()
+                tick["loss_D"] += loss.item() / cfg.d_steps
+            # Gmain.
+            for p in d_params:
+                p.requires_grad_(False)
+            with amp:
+                fake = G_train(cond, G.noise(cond.shape[0], device))
+                lg = g_loss(D_img(fake, cond).float(), cfg.loss) + g_loss(D_vid(fake, cond).float(), cfg.loss)
+            opt_G.zero_grad(set_to_none=True)
+            lg.backward()
+            dist.average_grads(G.parameters())
+            opt_G.step()
+            for p in d_params:
+                p.requires_grad_(True)
+            dist.average_buffers(G)
+            with torch.no_grad():  # EMA of G for sampling
+                for pe, p in zip(G_ema.parameters(), G.parameters()):
+                    pe.lerp_(p, 1 - cfg.ema_beta)
+                for be, b in zip(G_ema.buffers(), G.buffers()):
+                    be.copy_(b)
+            tick["loss_G"] += lg.item()
+            tick["n"] += 1
+            step += 1
+
+            # Tick: metrics, clips, checkpoints, preemption.
+            if step % cfg.tick_every == 0 or step == cfg.max_steps:
+                dt = time.perf_counter() - t_tick
+                n = max(tick["n"], 1)
+                metrics = {k: tick[k] / n for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")}
+                metrics.update(samples_per_s=n * cfg.batch * cfg.d_steps / dt, sec_per_step=dt / n,
+                               data_wait_share=tick["wait"] / dt)
+                if env.main:
+                    tracker.metrics(step, metrics)
+                    print(f"step {step}/{cfg.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+                          file=sys.stderr, flush=True)
+                tick = dict.fromkeys(tick, 0.0)
+                t_tick = time.perf_counter()
+            if cfg.clip_every and step % cfg.clip_every == 0:
+                clips(step)
+            preempted = dist.any_rank(stop["flag"])
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
+                save(step, data_pos)
+            if preempted:
+                status = "preempted"
+                break
+        if status == "finished" and env.main:
+            clips(step)
+            export = run_dir / "generator.pt"
+            torch.save({"G_ema": G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
+                        "prompts": prompts}, export)
+            tracker.artifact(export, "model")
+            latest = checkpoint_paths(run_dir)
+            if latest:
+                tracker.artifact(latest[0], "checkpoints")
+        # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
+        digests = dist.gather_objects(param_digest(G, D_img, D_vid))
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if tracker:
+            tracker.finish("FINISHED" if status == "finished" else "KILLED")
+        dist.shutdown()
+    return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
+            "rank_digests": digests, "mlflow_run_id": tracker.run_id if tracker else None}
+
+
+def param_digest(*modules) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in modules:
+        for p in m.parameters():
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,261 @@
+"""Training: exact resume, SIGKILL, preemption, 2 gloo ranks, a real MLflow server.
+
+All on the CPU: the GPU paths (nccl, AMP) can't run on this machine.
+"""
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import T2V, t2v
+from pipeline.train import RankBatches, build_config, checkpoint_paths, load_latest, run
+
+TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
+
+
+@pytest.fixture(scope="module")
+def prepared(toy, tmp_path_factory):
+    d = tmp_path_factory.mktemp("prep")
+    t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", d / "frames",
+        "--shard-size", "64")
+    t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", d / "vocab",
+        "--epoch", "5")
+    return d
+
+
+def cfg(prepared, run_dir, steps, *extra):
+    return build_config(prepared / "frames", prepared / "vocab", run_dir, "debug_cpu",
+                        TINY + [f"max_steps={steps}", "checkpoint_every=2",
+                                f"tracking_uri=sqlite:///{prepared}/mlruns/mlflow.db", *extra])
+
+
+def train_cli(prepared, run_dir, steps, *extra, **kw):
+    args = ["train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+            "--preset", "debug_cpu", "--max-steps", steps]
+    for s in TINY + ["checkpoint_every=2"]:
+        args += ["--set", s]
+    return t2v(*args, *extra, **kw)
+
+
+def state(run_dir):
+    s = load_latest(run_dir)
+    return s["step"], {k: s[k] for k in ("G", "D_img", "D_vid", "G_ema", "opt_G", "opt_D")}
+
+
+def assert_identical(a, b, path="state"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_identical(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(scope="module")
+def straight(prepared):
+    run_dir = prepared / "straight"
+    r = run(cfg(prepared, run_dir, 8))
+    assert r["status"] == "finished" and r["step"] == 8
+    return state(run_dir)
+
+
+def test_stop_and_resume_is_bit_exact(prepared, straight):
+    run_dir = prepared / "halves"
+    assert run(cfg(prepared, run_dir, 4))["step"] == 4
+    first = state(run_dir)
+    r = run(cfg(prepared, run_dir, 8))  # same run dir, larger max_steps: extends it
+    assert r["step"] == 8
+    assert_identical(state(run_dir), straight)
+    with pytest.raises(AssertionError):
+        assert_identical(first[1], straight[1])  # the check can fail: 4 steps != 8 steps
+
+
+def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(prepared, straight):
+    run_dir = prepared / "killed"
+    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+           "--preset", "debug_cpu", "--max-steps", "8", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db"]
+    for s in TINY + ["checkpoint_every=2"]:
+        cmd += ["--set", s]
+    p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint_paths(run_dir) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 1.5))  # somewhere mid-run
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = load_latest(run_dir)["step"]
+    assert killed_at < 8 or pytest.skip("the run finished before the kill landed")
+    train_cli(prepared, run_dir, 8, "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
+    assert_identical(state(run_dir), straight)
+
+
+def test_corrupt_newest_checkpoint_is_skipped(prepared, straight, capsys):
+    run_dir = prepared / "straight"
+    bad = run_dir / "checkpoints" / "step-99999999.pt"
+    good = checkpoint_paths(run_dir)[0]
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # a torn write
+    try:
+        assert load_latest(run_dir)["step"] == 8
+        assert "skipping unreadable checkpoint step-99999999.pt" in capsys.readouterr().err
+    finally:
+        bad.unlink()
+
+
+def test_checkpoint_contents_load_with_plain_torch_load(prepared, straight):
+    s = torch.load(checkpoint_paths(prepared / "straight")[0], weights_only=True)
+    assert {"G", "D_img", "D_vid", "G_ema", "opt_G", "opt_D", "step", "rng", "data_pos", "config"} <= s.keys()
+    assert s["data_pos"] == 8 * 2 and len(s["rng"]) == 1  # d_steps batches per step; one rank
+    assert {"python", "numpy", "torch"} <= s["rng"][0].keys()
+
+
+def test_two_gloo_ranks_stay_identical(prepared):
+    r = train_cli(prepared, prepared / "ddp", 4, "--executor", "local", "--tasks-per-node", "2",
+                  "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
+    assert "weights on 2 rank(s): identical" in r.stdout
+    s = torch.load(checkpoint_paths(prepared / "ddp")[0], weights_only=True)
+    assert len(s["rng"]) == 2 and not torch.equal(s["rng"][0]["torch"], s["rng"][1]["torch"])
+
+
+def test_rank_slices_are_disjoint_and_resumable():
+    a = RankBatches(50, 4, 0, 2, seed=1)
+    b = RankBatches(50, 4, 1, 2, seed=1)
+    ia, ib = iter(a), iter(b)
+    first = [next(ia) for _ in range(6)], [next(ib) for _ in range(6)]  # one epoch: 25 // 4 = 6 batches
+    assert not set(sum(first[0], [])) & set(sum(first[1], []))
+    later = iter(RankBatches(50, 4, 0, 2, seed=1, start=3))
+    assert [next(later) for _ in range(3)] == first[0][3:]
+
+
+def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
+    run_dir = prepared / "preempt"
+    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db"]
+    for s in TINY + ["checkpoint_every=1000"]:
+        cmd += ["--set", s]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = run_dir / "logs"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the local job's id is its pid
+        errs = list(logs.glob("*_0_log.err")) if logs.exists() else []
+        if errs and "step 3/" in errs[0].read_text():
+            break
+        time.sleep(0.1)
+    controller = int(errs[0].name.split("_")[0])  # the local job id is its controller's pid ...
+    (task,) = _children(controller)  # ... and the training runs in its child
+    os.kill(task, signal.SIGUSR1)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "training preempted at step" in out
+    step = load_latest(run_dir)["step"]
+    assert 3 <= step < 400
+    r = train_cli(prepared, run_dir, step + 2, "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
+    assert f"training finished at step {step + 2}" in r.stdout
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start:\n" + (d / "server.log").read_text())
+    time.sleep(1)
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server):
+    run_dir = prepared / "tracked"
+    train_cli(prepared, run_dir, 4, "--tracking-uri", mlflow_server, "--experiment", "t2v-test")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    train_cli(prepared, run_dir, 6, "--tracking-uri", mlflow_server, "--experiment", "t2v-test")
+    assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
+    c = MlflowClient(mlflow_server)
+    r = c.get_run(run_id)
+    assert r.data.params["lr_g"] == "0.0002" and r.data.params["batch"] == "4" and r.data.params["loss"] == "bce"
+    assert r.data.tags["world_size"] == "1" and r.data.tags["git_commit"]
+    assert r.info.status == "FINISHED"
+    for key in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "samples_per_s", "data_wait_share"):
+        steps = [m.step for m in c.get_metric_history(run_id, key)]
+        assert sorted(steps) == list(range(1, 7)), (key, steps)  # every step once, none twice
+    arts = {a.path for a in c.list_artifacts(run_id, "clips")} | {a.path for a in c.list_artifacts(run_id, "model")}
+    assert {"clips/step-00000006.gif", "clips/step-00000006.mp4", "model/generator.pt"} <= arts
+    assert any(a.path.endswith(".pt") for a in c.list_artifacts(run_id, "checkpoints"))
+
+
+def test_training_carries_on_when_mlflow_is_down(prepared):
+    r = train_cli(prepared, prepared / "offline", 3, "--tracking-uri", f"http://127.0.0.1:{_free_port()}")
+    assert "training finished at step 3" in r.stdout
+    log = next((prepared / "offline" / "logs").glob("*_0_log.err")).read_text()
+    assert "MLflow unavailable" in log and load_latest(prepared / "offline")["step"] == 3
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", "run_dir"])
+def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path, case):
+    extra, data, vocab = [], prepared / "frames", prepared / "vocab"
+    if case == "unknown_key":
+        extra, msg = ["--set", "lr=1"], "unknown key"
+    elif case == "bad_type":
+        extra, msg = ["--set", "batch=four"], "expected int"
+    elif case == "size":
+        extra, msg = ["--set", "size=64"], "hold 16 frames of 32px"
+    elif case == "vocab_ids":
+        t2v("vocab", "--labels", toy / "labels/validation.json", "--out", tmp_path / "v", "--epoch", "1")
+        vocab, msg = tmp_path / "v", "have no condition"
+    else:
+        run_dir = prepared / "straight"
+        extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8)"
+    run_dir = prepared / "straight" if case == "run_dir" else tmp_path / "run"
+    r = t2v("train", "--data", data, "--vocab", vocab, "--run-dir", run_dir, "--preset", "debug_cpu",
+            *sum((["--set", s] for s in TINY), []), *extra, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    if case != "run_dir":
+        assert not run_dir.exists()
