@@ -134,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--videos", type=int, default=120)
+    p.add_argument("--steps", type=int, default=120, help="training steps (debug_cpu preset)")
     return top
 
 
@@ -342,12 +343,28 @@ def cmd_demo(a) -> int:
     if rc:
         return rc
     print("\n== vocab ==")
-    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab"), local)
+    # Sentence mode: the toy captions differ in direction as well as object.
+    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="sentence"), local)
     if rc:
         return rc
-    print(f"\ndemo: toy dataset in {data}, frames in {out / 'frames'}, word vectors in {out / 'vocab'}\n"
-          f"  try: t2v neighbors --vocab {out / 'vocab'} squares\n"
-          "(training, sampling and evaluation arrive with later stages)")
+    print("\n== train ==")
+    from .tracking import default_uri
+    from .train import build_config
+
+    uri = default_uri(out)
+    cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
+                       [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo"])
+    train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0)
+    rc = run_train(cfg, train_args)
+    if rc:
+        return rc
+    clips = sorted((out / "run" / "clips").glob("*.gif"))
+    print(f"\ndemo done, everything under {out}/:\n"
+          f"  toy dataset     {data}\n  frames shards   {out / 'frames'}\n  word vectors    {out / 'vocab'}\n"
+          f"  run dir         {out / 'run'} (checkpoints, config, generator.pt)\n"
+          f"  generated clips {clips[-1] if clips else '-'} (rows: prompts in clips/prompts.json)\n"
+          f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri {uri}\n"
+          "(sampling and evaluation arrive with a later stage)")
     return 0
 
 

@@ -76,8 +76,9 @@ class TrainConfig:
 
 
 def _debug_cpu() -> dict:
+    # channels_last: 1.14x on a 2-core CPU (bench/train_step.py, see README).
     return dict(batch=16, g_ch=8, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
-                checkpoint_every=50, tick_every=10, workers=0, lr_g=2e-4, lr_d=4e-4)
+                checkpoint_every=50, tick_every=10, workers=0, lr_g=2e-4, lr_d=4e-4, channels_last=True)
 
 
 def _paper() -> dict:
@@ -289,6 +290,87 @@ def gradient_penalty(D, real, fake, cond) -> torch.Tensor:
     return g.pow(2).flatten(1).sum(1).mean()
 
 
+class GAN:
+    """Models, optimizers and one training step (Dmain+Dreg x d_steps, then Gmain).
+
+    ``step(next_batch)`` is exactly what ``run`` executes; ``bench/train_step.py``
+    times the same method.
+    """
+
+    def __init__(self, cfg: TrainConfig, cond_dim: int, device):
+        from .models import Generator, ImageD, VideoD
+
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        make_g = lambda: Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim)  # noqa: E731
+        self.G, self.G_ema = make_g().to(device), make_g().to(device).eval()
+        self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames).to(device)
+        self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size).to(device)
+        self.G_ema.load_state_dict(self.G.state_dict())
+        if cfg.channels_last:  # only 5D conv weights have a channels-last layout
+            for net in (self.G, self.D_vid, self.G_ema):
+                for m in net.modules():
+                    if isinstance(m, torch.nn.Conv3d):
+                        m.to(memory_format=torch.channels_last_3d)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+        self.d_params = list(self.D_img.parameters()) + list(self.D_vid.parameters())
+        self.opt_D = torch.optim.Adam(self.d_params, cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        self.G_train = torch.compile(self.G) if cfg.compile else self.G
+        self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+        self.parts = {"G": self.G, "D_img": self.D_img, "D_vid": self.D_vid, "G_ema": self.G_ema,
+                      "opt_G": self.opt_G, "opt_D": self.opt_D}
+
+    def state_dict(self) -> dict:
+        return {k: m.state_dict() for k, m in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.parts.items():
+            m.load_state_dict(state[k])
+
+    def step(self, next_batch) -> dict:
+        """One G step; ``next_batch()`` gives (real B,3,T,H,W in [-1,1], cond B,D)."""
+        cfg, G, amp = self.cfg, self.G, self.amp
+        out = dict.fromkeys(("loss_D", "gp_img", "gp_vid", "d_real", "d_fake"), 0.0)
+        for _ in range(cfg.d_steps):
+            real, cond = next_batch()
+            with torch.no_grad(), amp:
+                fake = self.G_train(cond, G.noise(real.shape[0], self.device))
+            mism = cond.roll(1, 0)  # real clip, someone else's text
+            loss = 0.0
+            for D, name in ((self.D_img, "gp_img"), (self.D_vid, "gp_vid")):
+                with amp:
+                    real_l, mism_l, fake_l = D(real, cond), D(real, mism), D(fake, cond)
+                    gp = gradient_penalty(D, real, fake, cond)
+                loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) + cfg.gp_weight * gp
+                out[name] += gp.item() / cfg.d_steps
+                out["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)
+                out["d_fake"] += fake_l.float().mean().item() / (2 * cfg.d_steps)
+            self.opt_D.zero_grad(set_to_none=True)
+            loss.backward()
+            dist.average_grads(self.d_params)
+            self.opt_D.step()
+            out["loss_D"] += loss.item() / cfg.d_steps
+        for p in self.d_params:  # Gmain: D is only a critic here
+            p.requires_grad_(False)
+        with amp:
+            fake = self.G_train(cond, G.noise(cond.shape[0], self.device))
+            lg = g_loss(self.D_img(fake, cond).float(), cfg.loss) + g_loss(self.D_vid(fake, cond).float(), cfg.loss)
+        self.opt_G.zero_grad(set_to_none=True)
+        lg.backward()
+        dist.average_grads(G.parameters())
+        self.opt_G.step()
+        for p in self.d_params:
+            p.requires_grad_(True)
+        dist.average_buffers(G)
+        with torch.no_grad():  # EMA of G for sampling
+            for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                pe.lerp_(p, 1 - cfg.ema_beta)
+            for be, b in zip(self.G_ema.buffers(), G.buffers()):
+                be.copy_(b)
+        out["loss_G"] = lg.item()
+        return out
+
+
 # ----------------------------------------------------------------------------- prompts and clips
 
 
@@ -338,7 +420,6 @@ def _git_commit() -> str:
 
 
 def run(cfg: TrainConfig) -> dict:
-    from .models import Generator, ImageD, VideoD
     from .tracking import Tracker, default_uri
 
     env = dist.init(cfg.device)
@@ -350,39 +431,24 @@ def run(cfg: TrainConfig) -> dict:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     dist.barrier()
 
-    # Models and optimizers; the same seed first, so every rank starts from the same weights.
+    gan = GAN(cfg, info["cond_dim"], device)
     cdim = info["cond_dim"]
-    torch.manual_seed(cfg.seed)
-    G = Generator(cdim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim).to(device)
-    D_img = ImageD(cdim, cfg.d_ch, cfg.size, cfg.img_frames).to(device)
-    D_vid = VideoD(cdim, cfg.d_ch, cfg.size).to(device)
-    G_ema = Generator(cdim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim).to(device).eval()
-    if cfg.channels_last:
-        for m in (G, D_vid, G_ema):
-            m.to(memory_format=torch.channels_last_3d)
-    opt_G = torch.optim.Adam(G.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
-    d_params = list(D_img.parameters()) + list(D_vid.parameters())
-    opt_D = torch.optim.Adam(d_params, cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
 
     # Resume or start.
     state = load_latest(run_dir)
     if state is None:
-        G_ema.load_state_dict(G.state_dict())
         step, data_pos = 0, 0
         random.seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
         torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
     else:
-        for m, k in ((G, "G"), (D_img, "D_img"), (D_vid, "D_vid"), (G_ema, "G_ema"), (opt_G, "opt_G"),
-                     (opt_D, "opt_D")):
-            m.load_state_dict(state[k])
+        gan.load_state_dict(state)
         step, data_pos = state["step"], state["data_pos"]
         if len(state["rng"]) != env.world:
             raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
         _set_rng_state(state["rng"][env.rank])
         if env.main:
             print(f"resuming {run_dir} from step {step}", file=sys.stderr)
-    G_train = torch.compile(G) if cfg.compile else G
 
     # Data: this rank's disjoint slice, starting where the checkpoint left off.
     data = TrainData(cfg.data, cfg.vocab)
@@ -410,10 +476,14 @@ def run(cfg: TrainConfig) -> dict:
     signals = [signal.SIGUSR1] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
     previous = {s: signal.signal(s, lambda *_: stop.update(flag=True)) for s in signals}
 
-    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    wait = [0.0]
 
     def batch():
+        nonlocal data_pos
+        t0 = time.perf_counter()
         video, cond = next(loader)
+        wait[0] += time.perf_counter() - t0
+        data_pos += 1
         x = to_model_input(video, device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -424,9 +494,7 @@ def run(cfg: TrainConfig) -> dict:
         if env.main:
             path = save_checkpoint(run_dir, step_now, {
                 "format": 1, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
-                "G": G.state_dict(), "D_img": D_img.state_dict(), "D_vid": D_vid.state_dict(),
-                "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                "rng": rngs}, cfg.keep_checkpoints)
+                **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
             print(f"checkpoint {path}", file=sys.stderr)
         dist.barrier()
 
@@ -435,7 +503,7 @@ def run(cfg: TrainConfig) -> dict:
             return
         from .clips import grid, to_uint8, write
 
-        videos = to_uint8(render_clips(G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
+        videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
         g = grid(videos)
         for ext in ("gif", "mp4"):
             p = write(g, run_dir / "clips" / f"step-{step_now:08d}.{ext}")
@@ -443,53 +511,13 @@ def run(cfg: TrainConfig) -> dict:
         (run_dir / "clips" / "prompts.json").write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
 
-    tick = {k: 0.0 for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "wait", "n")}
+    tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
     t_tick = time.perf_counter()
     status = "finished"
     try:
         while step < cfg.max_steps:
-            # Dmain + Dreg: d_steps discriminator updates on fresh real batches.
-            for _ in range(cfg.d_steps):
-                t0 = time.perf_counter()
-                real, cond = batch()
-                tick["wait"] += time.perf_counter() - t0
-                data_pos += 1
-                with torch.no_grad(), amp:
-                    fake = G_train(cond, G.noise(real.shape[0], device))
-                mism = cond.roll(1, 0)  # real clip, someone else's text
-                loss = 0.0
-                for D, name in ((D_img, "gp_img"), (D_vid, "gp_vid")):
-                    with amp:
-                        real_l, mism_l, fake_l = D(real, cond), D(real, mism), D(fake, cond)
-                        gp = gradient_penalty(D, real, fake, cond)
-                    loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) + cfg.gp_weight * gp
-                    tick[name] += gp.item() / cfg.d_steps
-                    tick["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)
-                    tick["d_fake"] += fake_l.float().mean().item() / (2 * cfg.d_steps)
-                opt_D.zero_grad(set_to_none=True)
-                loss.backward()
-                dist.average_grads(d_params)
-                opt_D.step()
-                tick["loss_D"] += loss.item() / cfg.d_steps
-            # Gmain.
-            for p in d_params:
-                p.requires_grad_(False)
-            with amp:
-                fake = G_train(cond, G.noise(cond.shape[0], device))
-                lg = g_loss(D_img(fake, cond).float(), cfg.loss) + g_loss(D_vid(fake, cond).float(), cfg.loss)
-            opt_G.zero_grad(set_to_none=True)
-            lg.backward()
-            dist.average_grads(G.parameters())
-            opt_G.step()
-            for p in d_params:
-                p.requires_grad_(True)
-            dist.average_buffers(G)
-            with torch.no_grad():  # EMA of G for sampling
-                for pe, p in zip(G_ema.parameters(), G.parameters()):
-                    pe.lerp_(p, 1 - cfg.ema_beta)
-                for be, b in zip(G_ema.buffers(), G.buffers()):
-                    be.copy_(b)
-            tick["loss_G"] += lg.item()
+            for k, v in gan.step(batch).items():
+                tick[k] += v
             tick["n"] += 1
             step += 1
 
@@ -499,13 +527,13 @@ def run(cfg: TrainConfig) -> dict:
                 n = max(tick["n"], 1)
                 metrics = {k: tick[k] / n for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")}
                 metrics.update(samples_per_s=n * cfg.batch * cfg.d_steps / dt, sec_per_step=dt / n,
-                               data_wait_share=tick["wait"] / dt)
+                               data_wait_share=wait[0] / dt)
                 if env.main:
                     tracker.metrics(step, metrics)
                     print(f"step {step}/{cfg.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                           file=sys.stderr, flush=True)
                 tick = dict.fromkeys(tick, 0.0)
-                t_tick = time.perf_counter()
+                wait[0], t_tick = 0.0, time.perf_counter()
             if cfg.clip_every and step % cfg.clip_every == 0:
                 clips(step)
             preempted = dist.any_rank(stop["flag"])
@@ -517,14 +545,14 @@ def run(cfg: TrainConfig) -> dict:
         if status == "finished" and env.main:
             clips(step)
             export = run_dir / "generator.pt"
-            torch.save({"G_ema": G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
+            torch.save({"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
                         "prompts": prompts}, export)
             tracker.artifact(export, "model")
             latest = checkpoint_paths(run_dir)
             if latest:
                 tracker.artifact(latest[0], "checkpoints")
         # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
-        digests = dist.gather_objects(param_digest(G, D_img, D_vid))
+        digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

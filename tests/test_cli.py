@@ -11,15 +11,17 @@ from pipeline.errors import UserError
 from pipeline.manifests import load_subset
 
 
-@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "demo"])
+@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "train", "demo"])
 def test_every_subcommand_has_help_with_examples(cmd):
     r = t2v(cmd, "--help")
     assert "examples:" in r.stdout and f"t2v {cmd}" in r.stdout
 
 
 def test_demo_runs_what_exists(tmp_path):
-    r = t2v("demo", "--out", tmp_path / "demo", "--videos", "24")
+    r = t2v("demo", "--out", tmp_path / "demo", "--videos", "40", "--steps", "2")
     assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
+    assert "training finished at step 2" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
+    assert list((tmp_path / "demo/run/clips").glob("*.gif"))
 
 
 def test_subset_manifests(toy, tmp_path):
