@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 DEMO    := demo-output
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean cluster-up cluster-down
 
 setup: $(STAMP)
 	@command -v ffprobe >/dev/null || { echo "installing Debian ffmpeg (ffmpeg + ffprobe)"; \
@@ -23,11 +23,22 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/t2v demo --out $(DEMO)
 
+# The integration tests need the project's own two-node SLURM cluster: bring it up,
+# run everything, and take it down again whatever the tests did.
+CLUSTER := containers/slurm-local/cluster.sh
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	@if out=$$($(CLUSTER) up); then eval "$$(echo "$$out" | tail -n 1)"; \
+	 else export T2V_NO_SLURM="containers/slurm-local/cluster.sh up failed; see its output above"; fi; \
+	 $(VENV)/bin/python -m pytest -q; rc=$$?; $(CLUSTER) down >/dev/null 2>&1 || true; exit $$rc
 
 bench: setup
 	$(VENV)/bin/python bench/frames.py
 
 clean:
 	rm -rf $(DEMO) bench-output .pytest_cache
+
+cluster-up:
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down

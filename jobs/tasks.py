@@ -50,9 +50,20 @@ class TrainTask:
     cfg: object  # pipeline.train.TrainConfig
 
     def __call__(self) -> dict:
+        import os
+        import subprocess
+
         from pipeline.train import run
 
-        return run(self.cfg)
+        result = run(self.cfg)
+        if result["status"] == "preempted" and os.environ.get("SLURM_JOB_ID"):
+            # Checkpoint written: put this same job back in the queue. It restarts
+            # with the same (config-only) pickle and resumes from the newest file.
+            job = os.environ.get("SLURM_ARRAY_JOB_ID")
+            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+            if int(os.environ.get("SLURM_PROCID", 0)) == 0:
+                subprocess.run(["scontrol", "requeue", job], check=True)
+        return result
 
     def checkpoint(self):
         import submitit

@@ -165,7 +165,9 @@ def frames_config(a):
         if templates:
             raise UserError("give --templates or --subset, not both")
         templates = tuple(load_subset(a.subset)["templates"])
-    return FramesConfig(labels=a.labels, videos=a.videos, out=a.out, templates=templates,
+    # Absolute paths: a SLURM job may start in another directory.
+    return FramesConfig(labels=a.labels.absolute(), videos=a.videos.absolute(), out=a.out.absolute(),
+                        templates=templates,
                         frames=a.frames, size=a.size, stride=a.stride, offset=a.offset,
                         shard_size=a.shard_size, decoder=a.decoder, resize=a.resize,
                         compression=a.compression)
@@ -218,8 +220,9 @@ def vocab_config(a):
 
     if a.dim is not None and a.dim < 1:
         raise UserError("--dim must be >= 1")
-    return VocabConfig(labels=tuple(a.labels), out=a.out, mode=a.mode, pretrained=a.pretrained, dim=a.dim,
-                       corpus=tuple(a.corpus), epoch=a.epoch, skip_bad=a.skip_bad)
+    return VocabConfig(labels=tuple(p.absolute() for p in a.labels), out=a.out.absolute(), mode=a.mode,
+                       pretrained=a.pretrained.absolute() if a.pretrained else None, dim=a.dim,
+                       corpus=tuple(p.absolute() for p in a.corpus), epoch=a.epoch, skip_bad=a.skip_bad)
 
 
 def run_vocab(cfg, a) -> int:
@@ -286,7 +289,7 @@ def train_config(a):
         sets.append(f"experiment={a.experiment}")
     if a.executor != "local" and a.nodes * a.tasks_per_node > 1 and a.executor == "debug":
         raise UserError("the debug executor runs one process; use --executor local or slurm for several ranks")
-    return build_config(a.data, a.vocab, a.run_dir, a.preset, sets)
+    return build_config(a.data.absolute(), a.vocab.absolute(), a.run_dir.absolute(), a.preset, sets)
 
 
 def run_train(cfg, a) -> int:

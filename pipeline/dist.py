@@ -72,6 +72,7 @@ def env() -> Env:
 
 def shutdown() -> None:
     if tdist.is_initialized():
+        tdist.barrier()  # no rank tears gloo down while a peer is still talking to it
         tdist.destroy_process_group()
 
 

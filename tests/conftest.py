@@ -24,3 +24,39 @@ def toy(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy")
     make_toy(out, videos=48, seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The project's own cluster, brought up by `make test` (cluster.sh up). Skips
+    with the reason only where it could not start; never silently."""
+    import os
+    import shutil
+
+    if os.environ.get("T2V_NO_SLURM"):
+        pytest.skip(os.environ["T2V_NO_SLURM"])
+    if not os.environ.get("SLURM_CONF") or not shutil.which("sinfo"):
+        pytest.skip("no SLURM cluster: run `make test`, or `containers/slurm-local/cluster.sh up` and export "
+                    "the SLURM_CONF it prints")
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True)
+    if r.returncode != 0 or r.stdout.count("idle") + r.stdout.count("mix") + r.stdout.count("alloc") < 2:
+        pytest.fail(f"SLURM_CONF is set but the cluster is not healthy:\n{r.stdout}{r.stderr}")
+    return os.environ["SLURM_CONF"]
+
+
+def sacct(job: str) -> list[dict]:
+    """Rows of `sacct` for a job (array tasks included), as dicts."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-S", "now-2hours", "-j", job,
+                          "-o", "JobID,State,NodeList,ExitCode"], capture_output=True, text=True, check=True).stdout
+    return [dict(zip(("id", "state", "nodes", "exit"), line.split("|"))) for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def prepared(toy, tmp_path_factory):
+    """Frames and vocab of the toy dataset, for the training tests."""
+    d = tmp_path_factory.mktemp("prep")
+    t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", d / "frames",
+        "--shard-size", "64")
+    t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", d / "vocab",
+        "--epoch", "5")
+    return d

@@ -22,16 +22,6 @@ from pipeline.train import RankBatches, build_config, checkpoint_paths, load_lat
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
 
 
-@pytest.fixture(scope="module")
-def prepared(toy, tmp_path_factory):
-    d = tmp_path_factory.mktemp("prep")
-    t2v("frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", d / "frames",
-        "--shard-size", "64")
-    t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", d / "vocab",
-        "--epoch", "5")
-    return d
-
-
 def cfg(prepared, run_dir, steps, *extra):
     return build_config(prepared / "frames", prepared / "vocab", run_dir, "debug_cpu",
                         TINY + [f"max_steps={steps}", "checkpoint_every=2",

@@ -1,0 +1,104 @@
+"""Integration tests on the project's own two-node SLURM cluster (real slurmctld,
+slurmdbd + MariaDB, two slurmd; started by `make test` via cluster.sh)."""
+
+import os
+import re
+import time
+
+import pytest
+import torch
+
+from conftest import sacct, t2v
+from test_train import TINY, assert_identical, state
+from pipeline.train import build_config, run
+
+pytestmark = pytest.mark.slurm
+SMALL = ["--mem-gb", "1", "--timeout-min", "10"]
+
+
+def wait_done(job: str, n: int | None = None, timeout: float = 180) -> list[dict]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = sacct(job)
+        last = {r["id"]: r["state"] for r in rows}  # -D lists a requeued job's attempts in order
+        busy = [s for s in last.values() if s in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")]
+        if last and not busy and (n is None or len(last) >= n):
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"job {job} not done after {timeout}s: {sacct(job)}")
+
+
+def test_frames_array_uses_both_nodes_and_a_cancelled_task_costs_only_its_shard(slurm, toy, tmp_path):
+    out = tmp_path / "frames"
+    args = ["frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", out,
+            "--shard-size", "6", "--executor", "slurm", "--cpus-per-task", "2", "--array-parallelism", "2", *SMALL]
+    r = t2v(*args, "--no-wait")
+    array = re.search(r"submitted array (\d+) \((\d+) tasks\)", r.stderr)
+    job, n = array[1], int(array[2])
+    assert n >= 4
+    os.system(f"scancel {job}_{n - 1}")  # still pending behind the %2 throttle
+    rows = wait_done(job, n - 1)
+    states = {row["id"]: row["state"] for row in rows}
+    # A task cancelled while pending never gets its own accounting record in 22.05.
+    assert states.get(f"{job}_{n - 1}", "CANCELLED").startswith("CANCELLED")
+    assert all(states[f"{job}_{k}"] == "COMPLETED" for k in range(n - 1)), states
+    nodes = {row["nodes"] for row in rows if row["state"] == "COMPLETED"}
+    assert {"n1", "n2"} <= nodes, nodes  # one node per task (2 CPUs each): the array spans both
+    shards = out / "shards"
+    assert not (shards / f"shard-{n - 1:05d}.h5").exists() and not (out / "manifest.csv").exists()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("*.h5")}
+    r = t2v(*args)  # resubmit: only the cancelled shard is redone
+    assert f"{n - 1} complete, 1 to do" in r.stdout and "status counts: ok=" in r.stdout
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("*.h5")}
+    assert {k: after[k] for k in before} == before and len(after) == n
+
+
+def test_two_node_ddp_over_gloo(slurm, prepared, tmp_path):
+    run_dir = tmp_path / "ddp2"
+    sets = sum((["--set", s] for s in TINY), [])
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+            "--preset", "debug_cpu", "--max-steps", "3", *sets, "--executor", "slurm", "--nodes", "2",
+            "--tasks-per-node", "1", "--cpus-per-task", "2", *SMALL,
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert "weights on 2 rank(s): identical" in r.stdout, r.stdout + r.stderr
+    job = re.search(r"submitted job (\d+)", r.stderr)[1]
+    (row,) = wait_done(job)
+    assert row["state"] == "COMPLETED" and row["nodes"] == "n[1-2]"
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = c.search_runs([c.get_experiment_by_name("text2video").experiment_id])
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    assert runs[0].info.run_id == (run_dir / "mlflow_run_id").read_text().strip()
+
+
+def test_preempted_training_checkpoints_requeues_and_finishes_exactly(slurm, prepared, tmp_path):
+    steps = 16
+    straight = tmp_path / "straight"
+    run(build_config(prepared / "frames", prepared / "vocab", straight, "debug_cpu",
+                     TINY + [f"max_steps={steps}", "checkpoint_every=1000",
+                             f"tracking_uri=sqlite:///{tmp_path}/ml0/mlflow.db"]))
+    run_dir = tmp_path / "preempted"
+    sets = sum((["--set", s] for s in TINY + ["checkpoint_every=1000"]), [])
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+            "--preset", "debug_cpu", "--max-steps", str(steps), *sets, "--executor", "slurm", "--no-wait",
+            "--cpus-per-task", "2", *SMALL, "--tracking-uri", uri)
+    job = re.search(r"submitted job (\d+)", r.stderr)[1]
+    log = run_dir / "logs" / f"{job}_0_log.err"
+    deadline = time.time() + 120
+    while not (log.exists() and "step 4/" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert os.system(f"scancel --signal=USR1 {job}") == 0  # to the job's steps, as a preemption notice
+    rows = wait_done(job, timeout=240)
+    assert [row["state"] for row in rows][-1] == "COMPLETED"
+    assert any(row["state"] == "REQUEUED" for row in rows), rows  # sacct -D shows the requeue
+    assert_identical(state(run_dir), state(straight))
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    steps_logged = [m.step for m in c.get_metric_history(run_id, "loss_G")]
+    assert sorted(steps_logged) == list(range(1, steps + 1))  # one run, every step once
+    assert c.get_run(run_id).info.status == "FINISHED"
+    assert torch.load(run_dir / "generator.pt", weights_only=True)["step"] == steps
