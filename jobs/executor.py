@@ -38,6 +38,7 @@ class Resources:
     signal_delay_s: int = 120
     account: Optional[str] = None
     qos: Optional[str] = None
+    dependency: Optional[str] = None  # e.g. "afterok:1234": set by `t2v submit` chains
 
 
 @dataclass
@@ -57,7 +58,7 @@ def slurm_parameters(res: Resources, name: str) -> dict:
              signal_delay_s=res.signal_delay_s, array_parallelism=res.array_parallelism)
     if res.gpus_per_node:
         p["gpus_per_node"] = res.gpus_per_node
-    for key in ("partition", "account", "qos"):
+    for key in ("partition", "account", "qos", "dependency"):
         if getattr(res, key):
             p[key] = getattr(res, key)
     return p

@@ -42,6 +42,15 @@ Re-running the same command redoes only missing shards; a finished output is lef
   t2v train ... --executor local --tasks-per-node 2         # 2 DDP ranks (gloo on CPU)
   t2v train ... --executor slurm --nodes 2 --tasks-per-node 4 --gpus-per-node 4 --preset paper
 """,
+    "submit": """examples:
+  t2v submit jobs/toy.yaml                               # every stage, in order, locally
+  t2v submit jobs/toy.yaml --executor slurm              # chained with afterok; returns at once
+  t2v submit jobs/sthsth_push_ltr.yaml --executor slurm --dry-run   # sbatch scripts + graph
+  t2v submit jobs/toy.yaml --stages vocab,train
+""",
+    "status": """examples:
+  t2v status jobs/toy.yaml        # states from sacct, what failed and why, the resubmit command
+""",
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
 """,
@@ -130,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
     p.add_argument("--gpus-per-node", type=int, default=0)
+
+    p = cmd("submit", "Run an experiment spec (jobs/*.yaml): its stages in order, or chained on SLURM.")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--stages", help="comma-separated subset of frames,vocab,train,evaluate")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--dry-run", action="store_true", help="print every sbatch script and the dependency graph")
+
+    p = cmd("status", "Show each stage's and array task's state (sacct + outputs) and how to resubmit.")
+    p.add_argument("spec", type=Path, help="the experiment spec that `t2v submit` ran")
 
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
@@ -327,6 +345,19 @@ def cmd_train(a) -> int:
     return run_train(train_config(a), a)
 
 
+def cmd_submit(a) -> int:
+    from jobs.submit import submit
+
+    stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
+    return submit(a.spec, stages, a.executor, a.dry_run)
+
+
+def cmd_status(a) -> int:
+    from jobs.status import status
+
+    return status(a.spec)
+
+
 def cmd_demo(a) -> int:
     from .frames import FramesConfig
     from .manifests import load_subset
@@ -374,7 +405,8 @@ def cmd_demo(a) -> int:
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "vocab": cmd_vocab, "neighbors": cmd_neighbors,
-               "train": cmd_train, "demo": cmd_demo}[a.cmd]
+               "train": cmd_train, "submit": cmd_submit, "status": cmd_status,
+               "demo": cmd_demo}[a.cmd]
     try:
         return handler(a)
     except UserError as e:

@@ -11,7 +11,7 @@ from pipeline.errors import UserError
 from pipeline.manifests import load_subset
 
 
-@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "train", "demo"])
+@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "train", "submit", "status", "demo"])
 def test_every_subcommand_has_help_with_examples(cmd):
     r = t2v(cmd, "--help")
     assert "examples:" in r.stdout and f"t2v {cmd}" in r.stdout

@@ -1,0 +1,112 @@
+"""`t2v status`: where an experiment stands, from its outputs and from `sacct`.
+
+``t2v submit`` appends every submission to ``OUT/submissions.json`` (stage ->
+job id). Status reads that, asks ``sacct`` (all attempts, array tasks
+included) and looks at what each stage left on disk, then names what failed
+and why and prints the one command that resubmits only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+
+
+def _sacct(job: str) -> list[dict]:
+    if not shutil.which("sacct"):
+        return []
+    r = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-S", "now-30days", "-j", job,
+                        "-o", "JobID,State,ExitCode,NodeList,Reason"], capture_output=True, text=True)
+    keys = ("id", "state", "exit", "nodes", "reason")
+    return [dict(zip(keys, line.split("|"))) for line in r.stdout.splitlines() if line]
+
+
+def _squeue_reason(job: str) -> str:
+    if not shutil.which("squeue"):
+        return ""
+    r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True)
+    return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
+
+
+_EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def _last_error(log_dir: Path, job_id: str) -> str:
+    """The task's exception line (e.g. "UserError: ..."), else its last error-ish line."""
+    for p in sorted(log_dir.glob(f"{job_id}_*_log.err")):
+        lines = [line.strip() for line in p.read_text(errors="replace").splitlines() if line.strip()]
+        errs = [line for line in lines if _EXC.match(line)] or [line for line in lines if "error" in line.lower()]
+        if errs:
+            return f"{errs[-1][:240]} ({p})"
+    return ""
+
+
+def _done(stage: str, out: Path, spec: dict) -> tuple[bool, str]:
+    if stage == "frames":
+        shards = len(list((out / "frames" / "shards").glob("shard-*.h5")))
+        manifest = (out / "frames" / "manifest.csv").exists()
+        return manifest, f"{shards} shard(s) on disk, manifest {'written' if manifest else 'missing'}"
+    if stage == "vocab":
+        ok = (out / "vocab" / "vocab.json").exists()
+        return ok, "vocab.json written" if ok else "no vocab.json"
+    ckpts = sorted((out / "run" / "checkpoints").glob("step-*.pt"))
+    want = (spec["stages"].get("train") or {}).get("max_steps")
+    step = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0
+    done = (out / "run" / "generator.pt").exists() and (want is None or step >= int(want))
+    return done, f"newest checkpoint step {step}" + (f" of {want}" if want else "")
+
+
+def status(target) -> int:
+    from jobs.submit import STAGES, load_spec
+
+    target = Path(target)
+    spec_path = target if target.suffix in (".yaml", ".yml") else None
+    if spec_path is None:
+        raise UserError("give the experiment spec (jobs/NAME.yaml) that `t2v submit` ran")
+    spec = load_spec(spec_path)
+    out = Path(spec["out"]).absolute()
+    subs = json.loads((out / "submissions.json").read_text()) if (out / "submissions.json").exists() else []
+    latest = {s["stage"]: s for s in subs}
+    first_bad = None
+    print(f"experiment {spec['name']} ({out})")
+    for stage in [s for s in STAGES if s in spec["stages"]]:
+        done, what = _done(stage, out, spec)
+        sub = latest.get(stage)
+        line = f"  {stage:7s} {'done' if done else 'not done':9s} {what}"
+        if sub and sub.get("job"):
+            rows = _sacct(sub["job"])
+            last = {r["id"]: r for r in rows}  # newest attempt per job/array task
+            states: dict[str, int] = {}
+            for r in last.values():
+                states[r["state"].split()[0]] = states.get(r["state"].split()[0], 0) + 1
+            requeued = sum(r["state"] == "REQUEUED" for r in rows)
+            line += f"; job {sub['job']} ({sub['executor']}): " + (
+                ", ".join(f"{k}={v}" for k, v in sorted(states.items())) or "no sacct record yet")
+            if requeued:
+                line += f", requeued {requeued}x"
+            print(line)
+            for r in last.values():
+                if r["state"].split()[0] in FAILED:
+                    why = _last_error(out / "logs" / stage, r["id"]) or f"exit code {r['exit']}"
+                    print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
+                elif r["state"] == "PENDING":
+                    print(f"      {r['id']} PENDING: {_squeue_reason(r['id']) or r['reason']}")
+        else:
+            print(line + "; not submitted")
+        if not done and first_bad is None:
+            first_bad = stage
+    if first_bad is None:
+        print("everything is done")
+        return 0
+    rest = [s for s in STAGES if s in spec["stages"]]
+    rest = rest[rest.index(first_bad):]
+    executor = latest.get(first_bad, {}).get("executor", "slurm")
+    print(f"\nto resubmit only what is missing:\n  t2v submit {spec_path} --executor {executor} --stages {','.join(rest)}")
+    return 1

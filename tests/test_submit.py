@@ -1,0 +1,95 @@
+"""`t2v submit`: experiment specs run in order locally and chained on SLURM."""
+
+import re
+import subprocess
+import time
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import sacct, t2v
+from test_train import TINY
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def spec_for(toy, tmp_path, **train):
+    spec = yaml.safe_load((ROOT / "jobs/toy.yaml").read_text())
+    spec["vars"] = {"DATA": str(toy)}
+    spec["out"] = str(tmp_path / "exp")
+    spec["stages"]["frames"]["shard_size"] = 16
+    spec["stages"]["vocab"]["epoch"] = 5
+    spec["stages"]["train"] = {"preset": "debug_cpu", "max_steps": 3, "set": TINY, **train}
+    spec["tracking"] = {"experiment": "submit-test", "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = t2v("submit", ROOT / "jobs/toy.yaml", "--executor", "slurm", "--dry-run")
+    assert r.stdout.count("#!/bin/bash") == 3 and "--dependency='afterok:<frames job id>'" in r.stdout
+    assert "frames\n  -> vocab after frames\n  -> train after vocab" in r.stdout
+    r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run", check=False,
+            env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "STHSTH_ROOT" in r.stderr  # the user's paths are required, clearly
+    r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run",
+            env={"PATH": "/usr/bin:/bin", "STHSTH_ROOT": str(tmp_path)})
+    assert "#SBATCH --gpus-per-node=4" in r.stdout and "#SBATCH --partition=gpu" in r.stdout
+
+
+def test_local_chain_runs_in_order(toy, tmp_path):
+    r = t2v("submit", spec_for(toy, tmp_path))
+    assert re.search(r"frames job \d+\n  -> vocab job \d+\n  -> train job \d+", r.stdout), r.stdout
+    out = tmp_path / "exp"
+    assert (out / "frames/manifest.csv").exists() and (out / "vocab/vocab.json").exists()
+    assert (out / "run/generator.pt").exists()
+
+
+@pytest.mark.slurm
+def test_slurm_chain_frames_vocab_train(slurm, toy, tmp_path):
+    r = t2v("submit", spec_for(toy, tmp_path), "--executor", "slurm")
+    train_job = re.search(r"train job (\d+)", r.stdout)[1]
+    frames_job = re.search(r"frames job (\d+)", r.stdout)[1]
+    vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        rows = sacct(train_job)
+        if rows and rows[-1]["state"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            break
+        time.sleep(2)
+    assert rows[-1]["state"] == "COMPLETED", (rows, sacct(frames_job), sacct(vocab_job))
+    assert all(row["state"] == "COMPLETED" for row in sacct(frames_job) + sacct(vocab_job))
+    run_id = (tmp_path / "exp/run/mlflow_run_id").read_text().strip()
+    c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
+    assert {a.path for a in c.list_artifacts(run_id, "clips")} >= {"clips/step-00000003.gif"}
+    assert c.list_artifacts(run_id, "checkpoints")
+
+
+@pytest.mark.slurm
+def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path):
+    spec = spec_for(toy, tmp_path)
+    doc = yaml.safe_load(spec.read_text())
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\0" * 64)  # not fastText: vocab fails inside its job
+    doc["stages"]["vocab"]["pretrained"] = str(junk)
+    doc["stages"]["vocab"].pop("epoch")
+    spec.write_text(yaml.safe_dump(doc))
+    r = t2v("submit", spec, "--executor", "slurm")
+    vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+    train_job = re.search(r"train job (\d+)", r.stdout)[1]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(row["state"] == "FAILED" for row in sacct(vocab_job)):
+        time.sleep(1)
+    s = t2v("status", spec, check=False)
+    try:
+        assert s.returncode == 1
+        assert re.search(r"frames\s+done .*COMPLETED=", s.stdout), s.stdout
+        assert f"{vocab_job} FAILED" in s.stdout and "neither a fastText .bin model nor a .vec" in s.stdout
+        assert re.search(rf"{train_job} PENDING: .*Dependency", s.stdout), s.stdout
+        assert f"t2v submit {spec} --executor slurm --stages vocab,train" in s.stdout
+    finally:
+        subprocess.run(["scancel", train_job])
