@@ -47,15 +47,15 @@ class TrainTask:
     same run dir; the new job finds the newest checkpoint by scanning, so nothing
     stale (no model state, no checkpoint path) travels through the queue."""
 
-    cfg: object  # pipeline.train.TrainConfig
+    cfg: object = None  # pipeline.train.TrainConfig; None for a sweep, whose points come as arguments
 
-    def __call__(self) -> dict:
+    def __call__(self, point=None) -> dict:
         import os
         import subprocess
 
         from pipeline.train import run
 
-        result = run(self.cfg)
+        result = run(point if point is not None else self.cfg)
         if result["status"] == "preempted" and os.environ.get("SLURM_JOB_ID"):
             # Checkpoint written: put this same job back in the queue. It restarts
             # with the same (config-only) pickle and resumes from the newest file.
@@ -65,7 +65,7 @@ class TrainTask:
                 subprocess.run(["scontrol", "requeue", job], check=True)
         return result
 
-    def checkpoint(self):
+    def checkpoint(self, point=None):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(type(self)(self.cfg))
+        return submitit.helpers.DelayedSubmission(type(self)(self.cfg), point)

@@ -41,6 +41,7 @@ Re-running the same command redoes only missing shards; a finished output is lef
   t2v train ... --set lr_g=1e-4 --set loss=hinge --tracking-uri http://127.0.0.1:5000
   t2v train ... --executor local --tasks-per-node 2         # 2 DDP ranks (gloo on CPU)
   t2v train ... --executor slurm --nodes 2 --tasks-per-node 4 --gpus-per-node 4 --preset paper
+  t2v train ... --run-dir runs/sw --sweep lr_g=5e-5,1e-4 --sweep loss=bce,hinge --executor slurm
 """,
     "submit": """examples:
   t2v submit jobs/toy.yaml                               # every stage, in order, locally
@@ -133,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="default", help="default, debug_cpu or paper")
     p.add_argument("--max-steps", type=int, help="stop after this many G steps (a larger value extends a run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="train every combination as one array (one run dir and MLflow run per point, "
+                        "grouped under a parent run); --array-parallelism throttles it")
+    p.add_argument("--array-parallelism", type=int, default=4, help="sweep points running at once")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in ./mlruns)")
     p.add_argument("--experiment", help="MLflow experiment name (default text2video)")
     executor_flags(p, array=False)
@@ -342,7 +347,54 @@ def run_train(cfg, a) -> int:
 
 
 def cmd_train(a) -> int:
-    return run_train(train_config(a), a)
+    cfg = train_config(a)
+    return run_sweep(cfg, a) if a.sweep else run_train(cfg, a)
+
+
+def run_sweep(base, a) -> int:
+    """All points of a sweep as one array, grouped under one MLflow parent run."""
+    from dataclasses import replace
+
+    from jobs.executor import map_tasks, sbatch_script
+    from jobs.tasks import TrainTask
+
+    from . import train
+
+    name = Path(base.run_dir).name
+    points = train.sweep_points(replace(base, sweep=name), a.sweep)
+    for p in points:
+        train.check(p)
+    print(f"sweep {name}: {len(points)} point(s) -> " + ", ".join(Path(p.run_dir).name for p in points))
+    logs = Path(base.run_dir) / "logs"
+    res = _resources(a)
+    if a.dry_run:
+        if a.executor == "slurm":
+            print(sbatch_script(logs, res, "t2v-sweep", array_size=len(points)))
+        return 0
+    parent = _parent_run(base, name)
+    points = [replace(p, parent_run_id=parent) for p in points]
+    outs = map_tasks(TrainTask(), points, kind=a.executor, folder=logs, res=res, name="t2v-sweep",
+                     desc="sweep points", wait=not a.no_wait)
+    bad = [o for o in outs if not o.ok]
+    for o in outs:
+        if o.ok and o.result:
+            print(f"  {Path(o.result['run_dir']).name}: {o.result['status']} at step {o.result['step']}, "
+                  f"MLflow run {o.result['mlflow_run_id']}")
+    for o in bad:
+        print(f"  {Path(o.item.run_dir).name} failed (job {o.job_id}): {o.error}\n    log: {o.log}", file=sys.stderr)
+    print(f"MLflow parent run {parent} groups the sweep (tag t2v.sweep={name})")
+    return 1 if bad else 0
+
+
+def _parent_run(cfg, name: str) -> str:
+    """The sweep's MLflow parent run; its id stays in the sweep dir's mlflow_run_id across resubmissions."""
+    from .tracking import Tracker
+
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    t = Tracker(cfg.tracking_uri, cfg.experiment, Path(cfg.run_dir), {"sweep": " ".join(sys.argv[1:])},
+                {"t2v.sweep": name, "t2v.role": "sweep-parent"}, run_name=name)
+    t.finish()  # a grouping row in the UI; the points carry the work
+    return t.run_id or ""
 
 
 def cmd_submit(a) -> int:

@@ -30,7 +30,8 @@ from .errors import UserError
 
 # Keys that may change when a run is resumed; any other difference is a different experiment.
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
-               "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset"}
+               "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset",
+               "sweep", "parent_run_id"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class TrainConfig:
     clip_samples: int = 4
     tracking_uri: str = ""
     experiment: str = "text2video"
+    sweep: str = ""  # sweep name: its points share a tag and an MLflow parent run
+    parent_run_id: str = ""
 
 
 def _debug_cpu() -> dict:
@@ -87,6 +90,26 @@ def _paper() -> dict:
 
 
 PRESETS = {"default": dict, "debug_cpu": _debug_cpu, "paper": _paper}
+
+
+def sweep_points(base: TrainConfig, sweeps: list[str]) -> list[TrainConfig]:
+    """--sweep key=v1,v2 ... -> one config per point of the product, each in its own run dir."""
+    import itertools
+
+    from .config import override
+
+    axes = []
+    for sw in sweeps:
+        key, sep, values = sw.partition("=")
+        if not sep or not values:
+            raise UserError(f"--sweep {sw!r}: expected key=v1,v2,...")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    points = []
+    for combo in itertools.product(*axes):
+        name = "_".join(c.replace("=", "-") for c in combo)
+        cfg = override(base, list(combo))
+        points.append(replace(cfg, run_dir=Path(base.run_dir) / name))
+    return points
 
 
 def build_config(data, vocab, run_dir, preset: str = "default", overrides=()) -> TrainConfig:
@@ -471,6 +494,8 @@ def run(cfg: TrainConfig) -> dict:
                 "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
                 "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
                 "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
+        if cfg.sweep:
+            tags.update({"t2v.sweep": cfg.sweep, "mlflow.parentRunId": cfg.parent_run_id})
         tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
     stop = {"flag": False}
     signals = [signal.SIGUSR1] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])

@@ -93,3 +93,27 @@ def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path)
         assert f"t2v submit {spec} --executor slurm --stages vocab,train" in s.stdout
     finally:
         subprocess.run(["scancel", train_job])
+
+
+@pytest.mark.slurm
+def test_sweep_is_one_throttled_array_grouped_in_mlflow(slurm, prepared, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", tmp_path / "sw",
+            "--preset", "debug_cpu", "--max-steps", "2", *sum((["--set", s] for s in TINY), []),
+            "--sweep", "lr_g=1e-4,2e-4", "--sweep", "loss=bce,hinge", "--executor", "slurm",
+            "--array-parallelism", "2", "--cpus-per-task", "2", "--mem-gb", "1", "--tracking-uri", uri)
+    array = re.search(r"submitted array (\d+) \(4 tasks\)", r.stderr)[1]
+    rows = sacct(array)
+    assert sorted(row["id"] for row in rows) == [f"{array}_{k}" for k in range(4)]
+    assert all(row["state"] == "COMPLETED" for row in rows)
+    script = next((tmp_path / "sw" / "logs").glob("*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-3%2" in script
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("text2video").experiment_id
+    parent = (tmp_path / "sw" / "mlflow_run_id").read_text().strip()
+    kids = [r for r in c.search_runs([exp], filter_string="tags.`t2v.sweep` = 'sw'") if r.info.run_id != parent]
+    assert len(kids) == 4 and {k.data.tags["mlflow.parentRunId"] for k in kids} == {parent}
+    assert {(k.data.params["lr_g"], k.data.params["loss"]) for k in kids} == \
+        {("0.0001", "bce"), ("0.0001", "hinge"), ("0.0002", "bce"), ("0.0002", "hinge")}
+    assert {k.info.run_name for k in kids} == {"lr_g-1e-4_loss-bce", "lr_g-1e-4_loss-hinge",
+                                               "lr_g-2e-4_loss-bce", "lr_g-2e-4_loss-hinge"}
