@@ -116,8 +116,8 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
                 print("frames failed: " + "; ".join(f"shard {o.item}: {o.error}" for o in outs if not o.ok),
                       file=sys.stderr)
                 return 1
-            if wait and not (fcfg.out / "manifest.csv").exists():
-                frames.write_manifest(fcfg, frames.plan(fcfg))
+            if wait:
+                frames.ensure_manifest(fcfg, frames.plan(fcfg, verify=False))
             job = outs[0].job_id.split("_")[0] if outs else None
         else:
             task = VocabTask(vcfg) if stage == "vocab" else TrainTask(tcfg)

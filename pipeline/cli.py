@@ -224,10 +224,8 @@ def run_frames(cfg, a) -> int:
     if failed:
         print(f"{len(failed)} shard(s) failed; run the same command again to redo only those", file=sys.stderr)
         return 1
-    p = frames.plan(cfg)
+    frames.ensure_manifest(cfg, frames.plan(cfg, verify=False))  # e.g. every task was already done
     manifest = Path(cfg.out) / "manifest.csv"
-    if not manifest.exists():  # every task was already done, or the manifest was removed
-        frames.write_manifest(cfg, p)
     counts = frames.summary(manifest)
     print("status counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     print(f"shards in {cfg.out}/shards, manifest at {manifest}")

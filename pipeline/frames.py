@@ -196,12 +196,18 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _finish(cfg: FramesConfig, p: Plan, k: int) -> dict:
-    """Whichever task sees every shard present writes the manifest, so an
-    array submitted with --no-wait still ends with one."""
+def ensure_manifest(cfg: FramesConfig, p: Plan) -> bool:
+    """Write manifest.csv once every shard exists (if it isn't there yet); True if it exists."""
     manifest = Path(cfg.out) / "manifest.csv"
     if all(shard_path(cfg, j).exists() for j in range(len(p.shards))) and not manifest.exists():
         write_manifest(cfg, p)
+    return manifest.exists()
+
+
+def _finish(cfg: FramesConfig, p: Plan, k: int) -> dict:
+    # Whichever task sees every shard present writes the manifest, so an array
+    # submitted with --no-wait still ends with one.
+    ensure_manifest(cfg, p)
     return {"shard": k, "path": str(shard_path(cfg, k))}
 
 
