@@ -63,13 +63,56 @@ def _done(stage: str, out: Path, spec: dict) -> tuple[bool, str]:
     return done, f"newest checkpoint step {step}" + (f" of {want}" if want else "")
 
 
+def _print_jobs(jobs: list[str], log_dir: Path) -> None:
+    for job in jobs:
+        rows = _sacct(job)
+        last = {r["id"]: r for r in rows}
+        requeued = sum(r["state"] == "REQUEUED" for r in rows)
+        for r in last.values():
+            why = ""
+            if r["state"].split()[0] in FAILED:
+                why = ": " + (_last_error(log_dir, r["id"]) or f"exit code {r['exit']}")
+            elif r["state"] == "PENDING":
+                why = ": " + (_squeue_reason(r["id"]) or r["reason"])
+            print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}"
+                  + (f" (requeued {requeued}x)" if requeued else "") + why)
+
+
+def run_status(run_dir: Path) -> int:
+    """A training run dir: progress from its checkpoints, its jobs from its logs."""
+    from pipeline.config import to_dict
+    from pipeline.train import build_config, checkpoint_paths
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    ckpts = checkpoint_paths(run_dir)
+    step = int(ckpts[0].stem.split("-")[1]) if ckpts else 0
+    done = (run_dir / "generator.pt").exists() and step >= cfg["max_steps"]
+    run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else "-"
+    print(f"run {run_dir}: {'done' if done else 'not done'}, newest checkpoint step {step} of "
+          f"{cfg['max_steps']}, MLflow run {run_id}")
+    jobs = sorted({p.name.split("_")[0] for p in (run_dir / "logs").glob("*_log.err")}, key=int)
+    _print_jobs(jobs, run_dir / "logs")
+    if done:
+        return 0
+    # The exact command: every key that differs from its preset, so the run dir accepts it.
+    base = to_dict(build_config(cfg["data"], cfg["vocab"], cfg["run_dir"], cfg["preset"]))
+    sets = [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cfg.items()
+            if k not in ("data", "vocab", "run_dir", "preset") and base.get(k) != v]
+    print(f"\nto resume it:\n  t2v train --data {cfg['data']} --vocab {cfg['vocab']} --run-dir {cfg['run_dir']} "
+          f"--preset {cfg['preset']} {' '.join(sets)}".rstrip())
+    return 1
+
+
 def status(target) -> int:
     from jobs.submit import STAGES, load_spec
 
     target = Path(target)
-    spec_path = target if target.suffix in (".yaml", ".yml") else None
+    if (target / "config.json").exists():
+        return run_status(target)
+    named = Path(__file__).parent / f"{target}.yaml"
+    spec_path = target if target.suffix in (".yaml", ".yml") else (named if named.exists() else None)
     if spec_path is None:
-        raise UserError("give the experiment spec (jobs/NAME.yaml) that `t2v submit` ran")
+        raise UserError(f"{target}: give a training run dir, an experiment spec (jobs/NAME.yaml) or its NAME")
     spec = load_spec(spec_path)
     out = Path(spec["out"]).absolute()
     subs = json.loads((out / "submissions.json").read_text()) if (out / "submissions.json").exists() else []

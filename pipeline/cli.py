@@ -51,6 +51,8 @@ Re-running the same command redoes only missing shards; a finished output is lef
 """,
     "status": """examples:
   t2v status jobs/toy.yaml        # states from sacct, what failed and why, the resubmit command
+  t2v status toy                  # the same, by experiment name
+  t2v status runs/r1              # one training run dir: progress, its jobs, the resume command
 """,
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
@@ -152,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print every sbatch script and the dependency graph")
 
     p = cmd("status", "Show each stage's and array task's state (sacct + outputs) and how to resubmit.")
-    p.add_argument("spec", type=Path, help="the experiment spec that `t2v submit` ran")
+    p.add_argument("spec", type=Path, metavar="RUN_DIR|SPEC|NAME",
+                   help="a training run dir, or the experiment spec (or its name) that `t2v submit` ran")
 
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))

@@ -249,3 +249,21 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
     assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
     if case != "run_dir":
         assert not run_dir.exists()
+
+
+def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
+    import json
+    import shlex
+
+    run_dir = prepared / "status"
+    run(cfg(prepared, run_dir, 3))
+    assert "done, newest checkpoint step 3 of 3" in t2v("status", run_dir).stdout
+    c = json.loads((run_dir / "config.json").read_text())
+    c["max_steps"] = 5  # as if the job had died before step 5
+    (run_dir / "config.json").write_text(json.dumps(c))
+    r = t2v("status", run_dir, check=False)
+    assert r.returncode == 1 and "not done, newest checkpoint step 3 of 5" in r.stdout
+    cmd = shlex.split(r.stdout.strip().splitlines()[-1])
+    assert cmd[0] == "t2v"
+    out = t2v(*cmd[1:])
+    assert "training finished at step 5" in out.stdout
