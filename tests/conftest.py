@@ -44,6 +44,21 @@ def slurm():
     return os.environ["SLURM_CONF"]
 
 
+def wait_done(job: str, n: int | None = None, timeout: float = 180) -> list[dict]:
+    """sacct rows once every task's newest attempt has ended (accounting lags the job a little)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = sacct(job)
+        last = {r["id"]: r["state"] for r in rows}  # -D lists a requeued job's attempts in order
+        busy = [s for s in last.values() if s in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")]
+        if last and not busy and (n is None or len(last) >= n):
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"job {job} not done after {timeout}s: {sacct(job)}")
+
+
 def sacct(job: str) -> list[dict]:
     """Rows of `sacct` for a job (array tasks included), as dicts."""
     out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-S", "now-2hours", "-j", job,

@@ -8,24 +8,12 @@ import time
 import pytest
 import torch
 
-from conftest import sacct, t2v
+from conftest import sacct, t2v, wait_done
 from test_train import TINY, assert_identical, state
 from pipeline.train import build_config, run
 
 pytestmark = pytest.mark.slurm
 SMALL = ["--mem-gb", "1", "--timeout-min", "10"]
-
-
-def wait_done(job: str, n: int | None = None, timeout: float = 180) -> list[dict]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        rows = sacct(job)
-        last = {r["id"]: r["state"] for r in rows}  # -D lists a requeued job's attempts in order
-        busy = [s for s in last.values() if s in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING")]
-        if last and not busy and (n is None or len(last) >= n):
-            return rows
-        time.sleep(1)
-    raise AssertionError(f"job {job} not done after {timeout}s: {sacct(job)}")
 
 
 def test_frames_array_uses_both_nodes_and_a_cancelled_task_costs_only_its_shard(slurm, toy, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import sacct, t2v
+from conftest import sacct, t2v, wait_done
 from test_train import TINY
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -103,9 +103,9 @@ def test_sweep_is_one_throttled_array_grouped_in_mlflow(slurm, prepared, tmp_pat
             "--sweep", "lr_g=1e-4,2e-4", "--sweep", "loss=bce,hinge", "--executor", "slurm",
             "--array-parallelism", "2", "--cpus-per-task", "2", "--mem-gb", "1", "--tracking-uri", uri)
     array = re.search(r"submitted array (\d+) \(4 tasks\)", r.stderr)[1]
-    rows = sacct(array)
+    rows = wait_done(array, 4)
     assert sorted(row["id"] for row in rows) == [f"{array}_{k}" for k in range(4)]
-    assert all(row["state"] == "COMPLETED" for row in rows)
+    assert all(row["state"] == "COMPLETED" for row in rows), rows
     script = next((tmp_path / "sw" / "logs").glob("*_submission.sh")).read_text()
     assert "#SBATCH --array=0-3%2" in script
     c = MlflowClient(uri)
