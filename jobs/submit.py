@@ -21,17 +21,12 @@ STAGES = ("frames", "vocab", "train", "evaluate")
 
 
 def load_spec(path) -> dict:
-    import yaml
+    from pipeline.config import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"experiment spec not found: {path}")
-    try:
-        spec = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    spec = read_yaml(p, "experiment spec")
     for key in ("name", "data_manifest", "out", "stages"):
-        if not isinstance(spec, dict) or key not in spec:
+        if key not in spec:
             raise UserError(f"{p}: missing '{key}'")
     unknown = set(spec["stages"]) - set(STAGES)
     if unknown:

@@ -75,3 +75,19 @@ def override(cfg, pairs: list[str]):
             raise UserError(f"--set {key}: unknown key; valid keys: {', '.join(sorted(hints))}")
         changes[key] = _parse(value, hints[key], key)
     return dataclasses.replace(cfg, **changes)
+
+
+def read_yaml(path, what: str) -> dict:
+    """A YAML mapping from ``path``; a missing file or bad YAML is a one-line UserError."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{p}: expected a YAML mapping")
+    return doc

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from .config import read_yaml
 from .errors import UserError
 
 REPO_MANIFESTS = Path(__file__).resolve().parents[1] / "data_manifests"
@@ -33,18 +34,11 @@ def _expand(value, env: dict, path: Path):
 
 def load_subset(path, env: dict | None = None, resolve_paths: bool = False) -> dict:
     """Read a manifest; a bare name like ``toy`` means ``data_manifests/toy.yaml``."""
-    import yaml
-
     p = Path(path)
     if not p.exists() and (REPO_MANIFESTS / f"{p}.yaml").exists():
         p = REPO_MANIFESTS / f"{p}.yaml"
-    if not p.is_file():
-        raise UserError(f"data manifest not found: {path}")
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("templates", []), list):
+    doc = read_yaml(p, "data manifest")
+    if not isinstance(doc.get("templates", []), list):
         raise UserError(f"{p}: expected a mapping with a 'templates' list")
     if resolve_paths:
         doc = _expand(doc, dict(os.environ) if env is None else env, p)
