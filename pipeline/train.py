@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -220,7 +220,7 @@ def check(cfg: TrainConfig) -> dict:
         if diff:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
                             "use a new --run-dir")
-    return {"clips": len(data), "cond_dim": vocab.dim, "mode": vocab.info["mode"]}
+    return {"clips": len(data), "cond_dim": vocab.dim, "mode": vocab.info["mode"], "data": data}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -474,7 +474,7 @@ def run(cfg: TrainConfig) -> dict:
             print(f"resuming {run_dir} from step {step}", file=sys.stderr)
 
     # Data: this rank's disjoint slice, starting where the checkpoint left off.
-    data = TrainData(cfg.data, cfg.vocab)
+    data = info["data"]  # already joined and checked above
     per_rank = cfg.batch // env.world
     if per_rank * env.world != cfg.batch:
         raise UserError(f"batch {cfg.batch} does not split evenly over {env.world} ranks")

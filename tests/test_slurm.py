@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import sacct, t2v, wait_done
+from conftest import t2v, wait_done
 from test_train import TINY, assert_identical, state
 from pipeline.train import build_config, run
 
