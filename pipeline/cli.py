@@ -43,6 +43,19 @@ Re-running the same command redoes only missing shards; a finished output is lef
   t2v train ... --executor slurm --nodes 2 --tasks-per-node 4 --gpus-per-node 4 --preset paper
   t2v train ... --run-dir runs/sw --sweep lr_g=5e-5,1e-4 --sweep loss=bce,hinge --executor slurm
 """,
+    "sample": """examples:
+  t2v sample --run-dir runs/r1 --text "pushing penny from left to right" --out penny.gif
+  t2v sample --run-dir runs/r1 --text "moving red square up" --text "moving red square down" --n 8 --out grid.mp4
+  t2v sample --run-id 3f2a... --text "pushing a shoe from left to right" --out samples/   # GIF + MP4 in a dir
+Rows are prompts, columns samples; words never seen in training get vectors from fastText subwords.
+""",
+    "evaluate": """examples:
+  t2v evaluate --run-dir runs/r1 --data data/frames                   # the data the run trained on
+  t2v evaluate --run-dir runs/r1 --data data/frames data/frames_val   # + clips with held-out objects
+  t2v evaluate --run-dir runs/r1 --data data/frames --i3d i3d_torchscript.pt   # adds true FVD
+Writes RUN_DIR/eval.json and logs the metrics on the run's MLflow run. The evaluator is trained
+once per dataset and cached (by a hash of the manifests) in <first --data>/evaluators/.
+""",
     "submit": """examples:
   t2v submit jobs/toy.yaml                               # every stage, in order, locally
   t2v submit jobs/toy.yaml --executor slurm              # chained with afterok; returns at once
@@ -146,6 +159,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
     p.add_argument("--gpus-per-node", type=int, default=0)
+
+    p = cmd("sample", "Generate clips for any prompt with a run's EMA generator (grid: prompts x samples).")
+    p.add_argument("--run-dir", type=Path, help="a `t2v train` run dir")
+    p.add_argument("--run-id", help="or an MLflow run id (its run_dir param is used)")
+    p.add_argument("--tracking-uri", help="with --run-id (default: sqlite store in ./mlruns)")
+    p.add_argument("--text", action="append", default=[], required=True, help="a prompt; repeat for more rows")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", help="a step number or checkpoint path (default: newest)")
+    p.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.mp4, or a directory (both)")
+
+    p = cmd("evaluate", "Score a run: conditional accuracy, Frechet distance, diversity, with their ceilings.")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--data", type=Path, nargs="+", default=(), help="frames output(s) with real clips "
+                   "(default: the run's training data); add more to score objects training never saw")
+    p.add_argument("--checkpoint", help="a step number or checkpoint path (default: newest)")
+    p.add_argument("--samples", type=int, default=8, help="generated clips per prompt (default 8)")
+    p.add_argument("--max-prompts", type=int, default=200, help="per group, seen and held-out (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--i3d", type=Path, help="a TorchScript I3D (B,3,T,224,224 in [-1,1] -> features): adds "
+                   "true FVD; never downloaded")
+    p.add_argument("--cache", type=Path, help="evaluator cache dir (default: <first --data>/evaluators)")
+    p.add_argument("--evaluator-steps", type=int, default=600, help="evaluator training steps (default 600)")
+    p.add_argument("--min-clips", type=int, default=3, help="real clips an object needs to be a class (default 3)")
+    p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
     p = cmd("submit", "Run an experiment spec (jobs/*.yaml): its stages in order, or chained on SLURM.")
     p.add_argument("spec", type=Path)
@@ -398,6 +436,38 @@ def _parent_run(cfg, name: str) -> str:
     return t.run_id or ""
 
 
+def cmd_sample(a) -> int:
+    from .sample import run_dir_of, sample
+    from .tracking import default_uri
+
+    if bool(a.run_dir) == bool(a.run_id):
+        raise UserError("give exactly one of --run-dir and --run-id")
+    run_dir = a.run_dir or run_dir_of(a.run_id, a.tracking_uri or default_uri(Path.cwd()))
+    meta = sample(run_dir, a.text, a.n, a.seed, a.out, a.checkpoint)
+    print(f"step {meta['step']} ({meta['checkpoint']}): {len(meta['rows'])} prompt(s) x {meta['n']} sample(s)")
+    for f in meta["files"]:
+        print(f"  {f}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    import json
+
+    from .evaluate import EvalConfig, run, table
+
+    cfg = EvalConfig(run_dir=a.run_dir.absolute(), data=tuple(d.absolute() for d in a.data),
+                     checkpoint=a.checkpoint, samples=a.samples, max_prompts=a.max_prompts, seed=a.seed,
+                     i3d=a.i3d, cache=a.cache, steps=a.evaluator_steps, min_clips=a.min_clips)
+    r = run(cfg)
+    if a.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "prompts"}, indent=1))
+    else:
+        print(table(r))
+        print(f"written to {Path(a.run_dir) / 'eval.json'}"
+              + (f"; logged on MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))
+    return 0
+
+
 def cmd_submit(a) -> int:
     from jobs.submit import submit
 
@@ -458,7 +528,8 @@ def cmd_demo(a) -> int:
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "vocab": cmd_vocab, "neighbors": cmd_neighbors,
-               "train": cmd_train, "submit": cmd_submit, "status": cmd_status,
+               "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "submit": cmd_submit,
+               "status": cmd_status,
                "demo": cmd_demo}[a.cmd]
     try:
         return handler(a)

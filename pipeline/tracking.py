@@ -35,7 +35,8 @@ class Tracker:
                  run_name: str | None = None):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail fast, don't stall a step
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.ok, self.warned, self.last_step = True, False, -1
+        self.ok, self.warned = True, False
+        self.last: dict[str, int] = {}  # per key metric: the newest step the run already has
         self.run_id = None
         id_file = Path(run_dir) / "mlflow_run_id"
         try:
@@ -46,8 +47,7 @@ class Tracker:
             self.client = MlflowClient(tracking_uri=uri)
             if id_file.exists():
                 self.run_id = id_file.read_text().strip()
-                hist = self.client.get_metric_history(self.run_id, KEY_METRIC)
-                self.last_step = max((m.step for m in hist), default=-1)
+                self._last(KEY_METRIC)
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
                 exp = self.client.get_experiment_by_name(experiment)
@@ -81,17 +81,26 @@ class Tracker:
                   "checkpoints hold everything", file=sys.stderr)
             self.warned = True
 
-    def metrics(self, step: int, values: dict) -> None:
-        if self.run_id is None or step <= self.last_step:
+    def _last(self, key: str) -> int:
+        if key not in self.last:
+            hist = self.client.get_metric_history(self.run_id, key) if self.run_id else []
+            self.last[key] = max((m.step for m in hist), default=-1)
+        return self.last[key]
+
+    def metrics(self, step: int, values: dict, key: str = KEY_METRIC) -> None:
+        """Log ``values`` at ``step`` unless the run already has ``key`` at that step or later."""
+        if self.run_id is None:
             return
         try:
+            if step <= self._last(key):
+                return
             import time
 
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-            self.last_step = step
+            self.last[key] = step
             self.ok = True
         except Exception as e:  # noqa: BLE001
             self._fail(e)

@@ -31,7 +31,7 @@ from .errors import UserError
 # Keys that may change when a run is resumed; any other difference is a different experiment.
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
                "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset",
-               "sweep", "parent_run_id"}
+               "sweep", "parent_run_id", "eval_every", "eval_data", "eval_samples"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class TrainConfig:
     beta2: float = 0.999
     d_steps: int = 2  # D steps per G step
     gp_weight: float = 100.0  # zero-centred GP on interpolates (arXiv 1902.03984)
+    gp_every: int = 1  # >1: lazy GP (StyleGAN2), every N-th D step with weight x N
     loss: Literal["bce", "hinge"] = "bce"
     ema_beta: float = 0.999
     # Model.
@@ -72,6 +73,9 @@ class TrainConfig:
     tick_every: int = 10
     clip_every: int = 0  # 0: clips only at the end
     clip_samples: int = 4
+    eval_every: int = 0  # 0: never during training; else `t2v evaluate` metrics every N steps, on rank 0
+    eval_data: tuple[Path, ...] = ()  # extra frames outputs for the evaluator (default: just `data`)
+    eval_samples: int = 4
     tracking_uri: str = ""
     experiment: str = "text2video"
     sweep: str = ""  # sweep name: its points share a tag and an MLflow parent run
@@ -210,8 +214,9 @@ def check(cfg: TrainConfig) -> dict:
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
     vocab = Vocab(cfg.vocab)
     data = TrainData(cfg.data, cfg.vocab)  # raises on ids without conditions
-    if data.cond.shape[1] != vocab.dim:
-        raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, vectors {vocab.dim}")
+    if data.cond.shape[1] != vocab.cond_dim:
+        raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, expected "
+                        f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
     saved = Path(cfg.run_dir) / "config.json"
     if saved.exists():
         old = json.loads(saved.read_text())
@@ -220,7 +225,7 @@ def check(cfg: TrainConfig) -> dict:
         if diff:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
                             "use a new --run-dir")
-    return {"clips": len(data), "cond_dim": vocab.dim, "mode": vocab.info["mode"], "data": data}
+    return {"clips": len(data), "cond_dim": vocab.cond_dim, "mode": vocab.info["mode"], "data": data}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -342,6 +347,7 @@ class GAN:
         self.amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
         self.parts = {"G": self.G, "D_img": self.D_img, "D_vid": self.D_vid, "G_ema": self.G_ema,
                       "opt_G": self.opt_G, "opt_D": self.opt_D}
+        self.d_count = 0  # D steps so far (lazy GP's clock); run() sets it on resume
 
     def state_dict(self) -> dict:
         return {k: m.state_dict() for k, m in self.parts.items()}
@@ -355,6 +361,8 @@ class GAN:
         cfg, G, amp = self.cfg, self.G, self.amp
         out = dict.fromkeys(("loss_D", "gp_img", "gp_vid", "d_real", "d_fake"), 0.0)
         for _ in range(cfg.d_steps):
+            self.d_count += 1
+            lazy = cfg.gp_every > 1 and self.d_count % cfg.gp_every != 0
             real, cond = next_batch()
             with torch.no_grad(), amp:
                 fake = self.G_train(cond, G.noise(real.shape[0], self.device))
@@ -363,8 +371,9 @@ class GAN:
             for D, name in ((self.D_img, "gp_img"), (self.D_vid, "gp_vid")):
                 with amp:
                     real_l, mism_l, fake_l = D(real, cond), D(real, mism), D(fake, cond)
-                    gp = gradient_penalty(D, real, fake, cond)
-                loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) + cfg.gp_weight * gp
+                    gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
+                loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) \
+                    + cfg.gp_weight * cfg.gp_every * gp
                 out[name] += gp.item() / cfg.d_steps
                 out["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)
                 out["d_fake"] += fake_l.float().mean().item() / (2 * cfg.d_steps)
@@ -417,7 +426,7 @@ def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
     from .vocab import Vocab, condition_text
 
     v = Vocab(vocab_dir)
-    vecs = [v.encode(condition_text(v.info["mode"], fill(t, [o]), [o]))[1].mean(0) for t, o, _ in prompts]
+    vecs = [v.condition(condition_text(v.info["mode"], fill(t, [o]), [o])) for t, o, _ in prompts]
     return torch.from_numpy(np.stack(vecs)).float()
 
 
@@ -467,6 +476,7 @@ def run(cfg: TrainConfig) -> dict:
     else:
         gan.load_state_dict(state)
         step, data_pos = state["step"], state["data_pos"]
+        gan.d_count = step * cfg.d_steps
         if len(state["rng"]) != env.world:
             raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
         _set_rng_state(state["rng"][env.rank])
@@ -536,6 +546,19 @@ def run(cfg: TrainConfig) -> dict:
         (run_dir / "clips" / "prompts.json").write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
 
+    def evaluate(step_now: int) -> None:
+        if not env.main:
+            return
+        from .evaluate import EvalConfig, evaluate_generator
+        from .vocab import Vocab
+
+        ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
+                          samples=cfg.eval_samples, seed=cfg.seed, device=str(device))
+        r = evaluate_generator(gan.G_ema, step_now, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
+        tracker.metrics(step_now, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
+        print(f"step {step_now} eval: cond_acc_seen={r['cond_acc_seen']:.3f} (chance {r['chance']:.3f}) "
+              f"frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
+
     tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
     t_tick = time.perf_counter()
     status = "finished"
@@ -561,6 +584,8 @@ def run(cfg: TrainConfig) -> dict:
                 wait[0], t_tick = 0.0, time.perf_counter()
             if cfg.clip_every and step % cfg.clip_every == 0:
                 clips(step)
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                evaluate(step)
             preempted = dist.any_rank(stop["flag"])
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
                 save(step, data_pos)
@@ -586,6 +611,9 @@ def run(cfg: TrainConfig) -> dict:
         dist.shutdown()
     return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
             "rank_digests": digests, "mlflow_run_id": tracker.run_id if tracker else None}
+
+
+EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "template_acc_seen", "object_acc_seen", "frechet", "diversity")
 
 
 def param_digest(*modules) -> str:

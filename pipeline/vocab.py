@@ -8,7 +8,8 @@ for every token from fastText (trained here on the captions, or a pretrained
 - ``fasttext.bin``: the model (for a pretrained ``.bin``, a link to it), so a
   new word at sampling time still gets a vector from its subwords;
 - ``embeddings.h5``: ``tokens`` and float32 ``vectors``, row 0 = padding;
-- ``samples.h5``: per video id, the token ids and the condition vector;
+- ``samples.h5``: per video id, the token ids and the condition vector
+  (``condition_vector``);
 - ``vocab.json``: counts, config, and every excluded sample with its reason
   (written last: its presence marks a complete output).
 
@@ -66,6 +67,47 @@ def _atomic(path: Path, write) -> None:
 
 def condition_text(mode: str, label: str, placeholders) -> str:
     return " ".join(placeholders) if mode == "object" else label
+
+
+def condition_vector(vectors: np.ndarray, mode: str) -> np.ndarray:
+    """Word vectors (L,D) -> the condition the GAN sees.
+
+    ``object``: their mean (the original). ``sentence``: [mean; ramp-weighted mean],
+    where word i of L has weight 2i/(L-1)-1. A plain mean can't tell "from left to
+    right" from "from right to left" (same words); the ramp half can, and still
+    takes any free text at sampling time.
+    """
+    mean = vectors.mean(0)
+    if mode == "object":
+        return mean.astype(np.float32)
+    n = len(vectors)
+    ramp = np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1)
+    return np.concatenate([mean, (ramp[:, None] * vectors).mean(0)]).astype(np.float32)
+
+
+def condition_dim(dim: int, mode: str) -> int:
+    return dim if mode == "object" else 2 * dim
+
+
+WHITEN_EPS = 1e-4  # relative to the largest eigenvalue: caps the gain on near-empty directions
+
+
+def whitening(conds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ZCA whitening (mean, matrix) of the captions' conditions.
+
+    fastText trained on a few thousand captions puts every word near one common
+    direction: raw, "left to right" and "right to left" differ by 0.4% of the
+    vector's norm, and colours by about as little. Whitened, they are O(1) apart,
+    so the GAN's first layers need not learn a 100x gain first.
+    """
+    x = conds.astype(np.float64)
+    mean = x.mean(0)
+    lam, u = np.linalg.eigh((x - mean).T @ (x - mean) / len(x))
+    lam = np.clip(lam, 0, None)
+    if lam.max() < 1e-12:  # one distinct caption: nothing to whiten
+        return mean.astype(np.float32), np.eye(len(mean), dtype=np.float32)
+    w = u @ np.diag(1 / np.sqrt(lam + WHITEN_EPS * lam.max())) @ u.T
+    return mean.astype(np.float32), w.astype(np.float32)
 
 
 def parse(cfg: VocabConfig):
@@ -228,7 +270,9 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     for i, (_, _, ids) in enumerate(rows):
         token_ids[i, :len(ids)] = ids
     lengths = (token_ids > 0).sum(1)
-    condition = (table[token_ids].sum(1) / lengths[:, None]).astype(np.float32)  # N,D: mean of word vectors
+    raw = np.stack([condition_vector(table[ids], cfg.mode) for _, _, ids in rows])  # N,C
+    cond_mean, cond_whiten = whitening(raw)
+    condition = ((raw - cond_mean) @ cond_whiten).astype(np.float32)
     strs = dict(dtype=h5py.string_dtype())
 
     def write_embeddings(p):
@@ -246,13 +290,17 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
             f.create_dataset("token_ids", data=token_ids)
             f.create_dataset("lengths", data=lengths.astype(np.int32))
             f.create_dataset("condition", data=condition)
-            f.attrs.update(mode=cfg.mode, dim=dim)
+            f.create_dataset("cond_mean", data=cond_mean)  # condition = (raw - cond_mean) @ cond_whiten
+            f.create_dataset("cond_whiten", data=cond_whiten)
+            f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
 
     _atomic(out / "embeddings.h5", write_embeddings)
     _atomic(out / "samples.h5", write_samples)
     info = {
         "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
         "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
+        "condition": {"encoding": "mean" if cfg.mode == "object" else "mean+ramp", "dim": int(raw.shape[1]),
+                      "whitening": f"zca, eps {WHITEN_EPS} x largest eigenvalue"},
         "excluded": {r: {"count": len(ids), "ids": ids} for r, ids in sorted(excluded.items())},
         "subword_only": subword_only, "no_vector": no_vector,
         "token_counts": {t: counts.get(t, 0) for t in tokens[1:]},
@@ -276,12 +324,23 @@ class Vocab:
         with h5py.File(self.root / "embeddings.h5", "r") as f:
             self.tokens = [t.decode() for t in f["tokens"][:]]
             self.vectors = f["vectors"][:]
+        with h5py.File(self.root / "samples.h5", "r") as f:
+            self.cond_mean, self.cond_whiten = f["cond_mean"][:], f["cond_whiten"][:]
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self._ft = None
 
     @property
     def dim(self) -> int:
         return self.vectors.shape[1]
+
+    @property
+    def cond_dim(self) -> int:
+        return condition_dim(self.dim, self.info["mode"])
+
+    def condition(self, text: str) -> np.ndarray:
+        """Any prompt -> the (whitened) condition vector, exactly as training saw its captions."""
+        raw = condition_vector(self.encode(text)[1], self.info["mode"])
+        return ((raw - self.cond_mean) @ self.cond_whiten).astype(np.float32)
 
     def word_vector(self, word: str) -> np.ndarray:
         if word in self.index and self.index[word]:

@@ -1,0 +1,427 @@
+"""Evaluation: does the generator show the prompted action on the prompted object?
+
+The evaluator is a small 3D CNN trained on the real clips of the dataset itself
+(no downloaded weights) with two heads, template and object. It is cached by a
+hash of the data's manifests, so it is trained once per dataset. With it:
+
+- conditional accuracy: share of generated clips whose template *and* object
+  the evaluator recognises, for prompts seen in training and for held-out ones
+  (every template x object pair the data knows but training never had: new
+  pairs of known objects, and objects training never saw);
+- Frechet distance between real and generated clips in the evaluator's feature
+  space (FVD-style with self-trained features, *not* I3D-FVD; ``--i3d`` adds
+  the real thing from a user-supplied TorchScript I3D);
+- diversity: mean pairwise feature distance between samples of one prompt;
+- the evaluator's accuracy on real validation clips: the ceiling for the above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+
+EVALUATOR_VERSION = 1  # bump when the classifier or its training changes: old caches are then ignored
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    run_dir: Path
+    data: tuple[Path, ...] = ()  # frames outputs with real clips; default: the data the run trained on
+    checkpoint: Optional[str] = None  # step or path; default: newest
+    samples: int = 8  # per prompt
+    max_prompts: int = 200  # per group (seen / held-out), a seeded subset beyond that
+    seed: int = 0
+    i3d: Optional[Path] = None
+    cache: Optional[Path] = None  # default: <first data dir>/evaluators
+    steps: int = 600  # evaluator training steps
+    min_clips: int = 3  # an object needs this many real clips to be a class
+    device: str = "auto"
+
+
+# ----------------------------------------------------------------------------- the classifier
+
+
+class Evaluator(nn.Module):
+    def __init__(self, n_templates: int, n_objects: int, ch: int = 24):
+        super().__init__()
+
+        def block(cin, cout, pool):
+            return [nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(), nn.MaxPool3d(pool)]
+
+        self.body = nn.Sequential(*block(3, ch, (1, 2, 2)), *block(ch, 2 * ch, 2), *block(2 * ch, 4 * ch, 2),
+                                  nn.Conv3d(4 * ch, 4 * ch, 3, padding=1), nn.ReLU())
+        self.template = nn.Linear(4 * ch, n_templates)
+        self.object = nn.Linear(4 * ch, n_objects)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean((2, 3, 4))  # B, 4ch
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.template(f), self.object(f)
+
+
+def _object(placeholders: str) -> str:
+    return " ".join(json.loads(placeholders))
+
+
+def _rows(data: Path):
+    import pandas as pd
+
+    m = Path(data) / "manifest.csv"
+    if not m.exists():
+        raise UserError(f"{data} is not a finished frames output (no manifest.csv): run `t2v frames`")
+    df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
+    df = df[df["status"] == "ok"].copy()
+    df["object"] = df["placeholders"].map(_object)
+    df["data"] = str(data)
+    return df
+
+
+def _is_val(video_id: str) -> bool:
+    return int(hashlib.sha1(video_id.encode()).hexdigest(), 16) % 5 == 0  # a stable 20%
+
+
+def load_clips(df) -> torch.Tensor:
+    """uint8 (N,T,H,W,3) for the manifest rows, read shard by shard."""
+    import h5py
+
+    out = []
+    for (data, shard), part in df.groupby(["data", "shard"], sort=False):
+        with h5py.File(Path(data) / "shards" / shard, "r") as f:
+            v = f["videos"]
+            out.append((part.index.to_numpy(), np.stack([v[int(i)] for i in part["index"]])))
+    order = np.concatenate([i for i, _ in out])
+    clips = np.concatenate([c for _, c in out])
+    pos = {k: j for j, k in enumerate(order)}
+    return torch.from_numpy(clips[[pos[k] for k in df.index]])
+
+
+def to_input(u8: torch.Tensor) -> torch.Tensor:
+    return u8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B,3,T,H,W) in [-1, 1]
+
+
+def _data_hash(cfg: EvalConfig) -> str:
+    h = hashlib.sha256(f"v{EVALUATOR_VERSION} steps={cfg.steps} min_clips={cfg.min_clips}".encode())
+    for d in sorted(cfg.data, key=str):
+        h.update((Path(d) / "manifest.csv").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _accuracy(model, x, t, o, batch=128) -> dict:
+    pt, po = predict(model, x, batch)
+    return {"template": float((pt == t).float().mean()), "object": float((po == o).float().mean()),
+            "joint": float(((pt == t) & (po == o)).float().mean())}
+
+
+@torch.no_grad()
+def predict(model, x: torch.Tensor, batch=128):
+    model.eval()
+    lt, lo = zip(*(model(x[i:i + batch]) for i in range(0, len(x), batch)))
+    return torch.cat(lt).argmax(1), torch.cat(lo).argmax(1)
+
+
+@torch.no_grad()
+def features(model, x: torch.Tensor, batch=128) -> np.ndarray:
+    model.eval()
+    return torch.cat([model.features(x[i:i + batch]) for i in range(0, len(x), batch)]).double().numpy()
+
+
+def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
+    """The cached evaluator for cfg.data, trained here if the cache has none."""
+    from tqdm import tqdm
+
+    df = __import__("pandas").concat([_rows(d) for d in cfg.data], ignore_index=True)
+    df = df.drop_duplicates("id")
+    counts = df["object"].value_counts()
+    df = df[df["object"].isin(counts[counts >= cfg.min_clips].index)].reset_index(drop=True)
+    if df.empty:
+        raise UserError(f"no object has {cfg.min_clips}+ real clips in {', '.join(map(str, cfg.data))}")
+    cache = Path(cfg.cache or Path(cfg.data[0]) / "evaluators")
+    path = cache / f"evaluator-{_data_hash(cfg)}.pt"
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = Evaluator(len(state["templates"]), len(state["objects"]))
+        model.load_state_dict(state["model"])
+        return dict(state, model=model.eval(), path=path, cached=True)
+
+    templates, objects = sorted(set(df["template"])), sorted(set(df["object"]))
+    t = torch.tensor([templates.index(v) for v in df["template"]])
+    o = torch.tensor([objects.index(v) for v in df["object"]])
+    x = to_input(load_clips(df))
+    val = torch.from_numpy(df["id"].map(_is_val).to_numpy())
+    tr = (~val).nonzero().squeeze(1)
+    torch.manual_seed(cfg.seed)
+    model = Evaluator(len(templates), len(objects))
+    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=cfg.steps)
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc="evaluator", unit="step", disable=not progress):
+        idx = tr[torch.randint(len(tr), (min(32, len(tr)),))]
+        xb = x[idx]
+        # Augment what a generator gets wrong but a class does not depend on:
+        # brightness, noise and a shift of a few pixels (never a flip: that reverses direction).
+        xb = xb * (1 + 0.2 * (torch.rand(len(xb), 1, 1, 1, 1) - 0.5)) + 0.05 * torch.randn_like(xb)
+        dy, dx = np.random.randint(-3, 4, size=2)
+        xb = torch.roll(xb, (int(dy), int(dx)), (3, 4))
+        lt, lo = model(xb)
+        loss = F.cross_entropy(lt, t[idx]) + F.cross_entropy(lo, o[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    acc = _accuracy(model, x[val], t[val], o[val]) if val.any() else None
+    state = {"model": model.state_dict(), "templates": templates, "objects": objects, "val_acc": acc,
+             "n_train": int(len(tr)), "n_val": int(val.sum()), "data": [str(d) for d in cfg.data],
+             "version": EVALUATOR_VERSION}
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # concurrent evaluations: the last complete file wins, none is torn
+    return dict(state, model=model, path=path, cached=False)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    eye = 1e-6 * np.eye(a.shape[1])  # dead ReLU features make a covariance singular
+    s1, s2 = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
+    covmean = np.real(linalg.sqrtm(s1 @ s2))
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def mean_pairwise(groups) -> float | None:
+    """Mean L2 distance between members of the same group, averaged over groups of 2+."""
+    vals = []
+    for f in groups:
+        if len(f) >= 2:
+            d = np.sqrt(((f[:, None] - f[None]) ** 2).sum(-1))
+            vals.append(d[np.triu_indices(len(f), 1)].mean())
+    return float(np.mean(vals)) if vals else None
+
+
+def load_i3d(path: Path):
+    try:
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"--i3d {path}: not a loadable TorchScript file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200]})") from None
+
+
+def i3d_features(path: Path, x: torch.Tensor, batch: int = 8) -> np.ndarray:
+    """Features of a user-supplied TorchScript I3D: clips resized to 224 px, in [-1, 1]."""
+    net = load_i3d(path)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = x[i:i + batch]
+            b, c, t, h, w = xb.shape
+            xb = F.interpolate(xb.transpose(1, 2).reshape(b * t, c, h, w), size=(224, 224), mode="bilinear",
+                               align_corners=False).view(b, t, c, 224, 224).transpose(1, 2)
+            out.append(net(xb).reshape(b, -1).double())
+    return torch.cat(out).numpy()
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def prompts_for(run_cfg: dict, ev: dict, max_prompts: int, seed: int):
+    """Seen and held-out (template, placeholders, kind) prompts the evaluator can score."""
+    train = _rows(Path(run_cfg["data"]))
+    pairs = set(zip(train["template"], train["object"]))
+    train_objects, train_templates = set(train["object"]), set(train["template"])
+    ph = {}
+    for d in ev["data"]:
+        for _, r in _rows(Path(d)).iterrows():
+            ph.setdefault(r["object"], json.loads(r["placeholders"]))
+    for _, r in train.iterrows():
+        ph.setdefault(r["object"], json.loads(r["placeholders"]))
+    seen, held = [], []
+    for tmpl in ev["templates"]:
+        if tmpl not in train_templates:
+            continue
+        for obj in ev["objects"]:
+            if tmpl.count("[") != len(ph[obj]):
+                continue
+            if (tmpl, obj) in pairs:
+                seen.append((tmpl, obj, "seen"))
+            else:
+                held.append((tmpl, obj, "new_pair" if obj in train_objects else "new_object"))
+    rng = np.random.default_rng(seed)
+    pick = lambda xs: [xs[i] for i in sorted(rng.choice(len(xs), max_prompts, replace=False))] \
+        if len(xs) > max_prompts else xs  # noqa: E731
+    return pick(seen), pick(held), ph
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, progress: bool = True) -> dict:
+    """All metrics for one generator; used by ``run`` and by training's eval_every."""
+    from .labels import fill
+    from .sample import generate
+    from .vocab import condition_text
+
+    device = _device(cfg.device)
+    ev = train_evaluator(cfg, progress)
+    model = ev["model"].to(device)
+    seen, held, ph = prompts_for(run_cfg, ev, cfg.max_prompts, cfg.seed)
+    if not seen:
+        raise UserError("no prompt of the training data is known to the evaluator")
+    prompts = seen + held
+    texts = [condition_text(vocab.info["mode"], fill(t, ph[o]), ph[o]) for t, o, _ in prompts]
+    cond = torch.from_numpy(np.stack([vocab.condition(s) for s in texts])).float()
+    was_training = G.training
+    G.eval()
+    gen = generate(G, cond, cfg.samples, cfg.seed, device)  # P,n,3,T,H,W
+    G.train(was_training)
+    flat = gen.flatten(0, 1).to(device)
+    pt, po = predict(model, flat)
+    t_idx = torch.tensor([ev["templates"].index(t) for t, _, _ in prompts]).repeat_interleave(cfg.samples)
+    o_idx = torch.tensor([ev["objects"].index(o) for _, o, _ in prompts]).repeat_interleave(cfg.samples)
+    ok_t, ok_o = (pt.cpu() == t_idx), (po.cpu() == o_idx)
+    kinds = np.repeat([k for _, _, k in prompts], cfg.samples)
+
+    def acc(mask_kinds, hit):
+        m = torch.from_numpy(np.isin(kinds, mask_kinds))
+        return float(hit[m].float().mean()) if m.any() else None
+
+    gen_f = features(model, flat)
+    real_df = _rows(Path(run_cfg["data"]))
+    if len(real_df) > 2000:
+        real_df = real_df.sample(2000, random_state=cfg.seed)
+    real_x = to_input(load_clips(real_df.reset_index(drop=True))).to(device)
+    real_f = features(model, real_x)
+    seen_f = gen_f[: len(seen) * cfg.samples]
+    per_prompt = [gen_f[i * cfg.samples:(i + 1) * cfg.samples] for i in range(len(prompts))]
+    real_groups = [real_f[np.flatnonzero((real_df["template"].to_numpy() == t) & (real_df["object"].to_numpy() == o))]
+                   for t, o, _ in seen]
+    half = np.random.default_rng(cfg.seed).permutation(len(real_f))
+    nt, no = len(ev["templates"]), len(ev["objects"])
+    out = {
+        "step": step,
+        "cond_acc_seen": acc(["seen"], ok_t & ok_o),
+        "cond_acc_heldout": acc(["new_pair", "new_object"], ok_t & ok_o),
+        "cond_acc_heldout_pairs": acc(["new_pair"], ok_t & ok_o),
+        "cond_acc_heldout_objects": acc(["new_object"], ok_t & ok_o),
+        "template_acc_seen": acc(["seen"], ok_t), "object_acc_seen": acc(["seen"], ok_o),
+        "template_acc_heldout": acc(["new_pair", "new_object"], ok_t),
+        "object_acc_heldout": acc(["new_pair", "new_object"], ok_o),
+        "chance": 1 / (nt * no), "chance_template": 1 / nt, "chance_object": 1 / no,
+        "frechet": frechet(real_f, seen_f),
+        # Two halves of the real clips: what the Frechet distance reads at this sample size for "perfect".
+        "frechet_real_halves": frechet(real_f[half[: len(half) // 2]], real_f[half[len(half) // 2:]])
+        if len(real_f) >= 8 else None,
+        "diversity": mean_pairwise(per_prompt[: len(seen)]),
+        "diversity_real": mean_pairwise(real_groups),
+        "evaluator_real_acc": ev["val_acc"]["joint"] if ev["val_acc"] else None,
+        "evaluator_real_acc_template": ev["val_acc"]["template"] if ev["val_acc"] else None,
+        "evaluator_real_acc_object": ev["val_acc"]["object"] if ev["val_acc"] else None,
+        "n_prompts_seen": len(seen), "n_prompts_heldout": len(held), "samples_per_prompt": cfg.samples,
+        "n_templates": nt, "n_objects": no, "n_real": len(real_f),
+        "evaluator": str(ev["path"]), "evaluator_cached": ev["cached"],
+        "feature_space": "self-trained evaluator (FVD-style, NOT I3D-FVD)",
+    }
+    if cfg.i3d:
+        out["fvd_i3d"] = frechet(i3d_features(cfg.i3d, real_x.cpu()), i3d_features(cfg.i3d, flat[: len(seen_f)].cpu()))
+    out["prompts"] = [{"template": t, "object": o, "kind": k,
+                       "template_acc": float(ok_t[i * cfg.samples:(i + 1) * cfg.samples].float().mean()),
+                       "object_acc": float(ok_o[i * cfg.samples:(i + 1) * cfg.samples].float().mean())}
+                      for i, (t, o, k) in enumerate(prompts)]
+    return out
+
+
+METRIC_KEYS = ("cond_acc_seen", "cond_acc_heldout", "cond_acc_heldout_pairs", "cond_acc_heldout_objects",
+               "template_acc_seen", "object_acc_seen", "template_acc_heldout", "object_acc_heldout", "chance",
+               "frechet", "frechet_real_halves", "diversity", "diversity_real", "evaluator_real_acc", "fvd_i3d")
+
+
+def table(r: dict) -> str:
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        f"evaluation at step {r['step']} ({r['n_prompts_seen']} seen + {r['n_prompts_heldout']} held-out prompts "
+        f"x {r['samples_per_prompt']} samples; {r['n_templates']} templates x {r['n_objects']} objects)",
+        f"{'':28}{'template+object':>16}{'template':>10}{'object':>10}",
+        f"{'cond. accuracy, seen':28}{f(r['cond_acc_seen']):>16}{f(r['template_acc_seen']):>10}"
+        f"{f(r['object_acc_seen']):>10}",
+        f"{'cond. accuracy, held-out':28}{f(r['cond_acc_heldout']):>16}{f(r['template_acc_heldout']):>10}"
+        f"{f(r['object_acc_heldout']):>10}",
+        f"{'  new pairs / new objects':28}{f(r['cond_acc_heldout_pairs']) + ' / ' + f(r['cond_acc_heldout_objects']):>16}",
+        f"{'chance':28}{f(r['chance']):>16}{f(r['chance_template']):>10}{f(r['chance_object']):>10}",
+        f"{'evaluator on real val clips':28}{f(r['evaluator_real_acc']):>16}{f(r['evaluator_real_acc_template']):>10}"
+        f"{f(r['evaluator_real_acc_object']):>10}   (the ceiling)",
+        f"frechet {f(r['frechet'])} (real vs real halves: {f(r['frechet_real_halves'])}) in {r['feature_space']}",
+        f"diversity {f(r['diversity'])} (real clips of one prompt: {f(r['diversity_real'])})",
+    ]
+    if "fvd_i3d" in r:
+        lines.append(f"FVD (user-supplied I3D) {f(r['fvd_i3d'])}")
+    return "\n".join(lines)
+
+
+def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None = None) -> str | None:
+    """Metrics (at the checkpoint's step) on the run's own MLflow run; never fatal."""
+    id_file = Path(run_dir) / "mlflow_run_id"
+    if not id_file.exists():
+        return None
+    try:
+        import time
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        from .tracking import default_uri
+
+        client = MlflowClient(tracking_uri=run_cfg.get("tracking_uri") or default_uri(Path.cwd()))
+        run_id = id_file.read_text().strip()
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(r[k]), now, r["step"]) for k in METRIC_KEYS
+                                          if r.get(k) is not None])
+        if eval_json:
+            client.log_artifact(run_id, str(eval_json), "eval")
+        return run_id
+    except Exception as e:  # noqa: BLE001
+        print(f"warning: could not log to MLflow ({type(e).__name__}: {str(e)[:200]})", file=sys.stderr)
+        return None
+
+
+def run(cfg: EvalConfig, progress: bool = True) -> dict:
+    from .sample import load_generator
+
+    run_dir = Path(cfg.run_dir)
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise UserError(f"{run_dir} is not a training run dir (no config.json)")
+    run_cfg = json.loads(saved.read_text())
+    if not cfg.data:
+        cfg = replace(cfg, data=(Path(run_cfg["data"]),))
+    if cfg.samples < 2:
+        raise UserError("--samples must be >= 2 (diversity compares samples of one prompt)")
+    if cfg.i3d:
+        load_i3d(cfg.i3d)  # a bad file fails now, not after the evaluator has trained
+    g = load_generator(run_dir, cfg.checkpoint, _device(cfg.device))
+    r = evaluate_generator(g.G, g.step, run_cfg, g.vocab, cfg, progress)
+    r.update(checkpoint=str(g.checkpoint), run_dir=str(run_dir), data=[str(d) for d in cfg.data])
+    path = run_dir / "eval.json"
+    tmp = path.with_name(f".eval.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(r, indent=1))
+    os.replace(tmp, path)
+    r["mlflow_run_id"] = log_to_mlflow(run_dir, run_cfg, r, path)
+    return r

@@ -1,0 +1,121 @@
+"""Sampling: the EMA generator of a run's newest (or a chosen) checkpoint, for any prompt.
+
+``load_generator`` is shared with evaluation. Prompts go through the run's
+vocab exactly as training captions did, so a word never seen in training gets
+its vector from the kept fastText model's subwords.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+@dataclass
+class Loaded:
+    G: torch.nn.Module
+    step: int
+    checkpoint: Path
+    config: dict
+    vocab: object  # pipeline.vocab.Vocab
+
+
+def run_dir_of(run_id: str, tracking_uri: str) -> Path:
+    """An MLflow run id -> the run dir training logged as its ``run_dir`` param."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"MLflow run {run_id} not found at {tracking_uri} ({type(e).__name__}); "
+                        "pass --tracking-uri, or use --run-dir") from None
+    rd = run.data.params.get("run_dir")
+    if not rd:
+        raise UserError(f"MLflow run {run_id} has no run_dir param: it was not logged by `t2v train`")
+    return Path(rd)
+
+
+def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
+    from .models import Generator
+    from .train import checkpoint_paths, load_latest
+    from .vocab import Vocab
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run dir {run_dir} not found")
+    if checkpoint is None:
+        state = load_latest(run_dir)
+        if state is None:
+            raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
+        path = checkpoint_paths(run_dir)[0]
+        for p in checkpoint_paths(run_dir):  # the one load_latest actually read
+            if int(p.stem.split("-")[1]) == state["step"]:
+                path = p
+                break
+    else:
+        path = Path(checkpoint)
+        if not path.exists() and str(checkpoint).isdigit():
+            path = run_dir / "checkpoints" / f"step-{int(checkpoint):08d}.pt"
+        if not path.exists():
+            have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
+            raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = state["config"]
+    vocab = Vocab(cfg["vocab"])
+    G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"])
+    G.load_state_dict(state["G_ema"])
+    return Loaded(G.to(device).eval(), int(state["step"]), path, cfg, vocab)
+
+
+def conditions(vocab, texts) -> torch.Tensor:
+    """Prompts -> (P, C) condition vectors; empty or punctuation-only prompts are refused."""
+    out = []
+    for t in texts:
+        if not t or not t.strip():
+            raise UserError("an empty prompt has nothing to condition on")
+        out.append(vocab.condition(t))  # raises a UserError for text without words
+    return torch.from_numpy(np.stack(out)).float()
+
+
+@torch.no_grad()
+def generate(G, cond: torch.Tensor, n: int, seed: int, device="cpu", batch: int = 64) -> torch.Tensor:
+    """(P, n, 3, T, H, W) in [-1, 1]; sample j of prompt p uses noise from (seed, j) only,
+    so adding prompts or batching differently never changes a clip."""
+    noise = torch.stack([torch.randn(G.frames, G.z_dim, generator=torch.Generator().manual_seed(seed * 100_003 + j))
+                         for j in range(n)])  # n,T,Z
+    c = cond.repeat_interleave(n, 0)
+    z = noise.repeat(cond.shape[0], 1, 1)
+    outs = [G(c[i:i + batch].to(device), z[i:i + batch].to(device)).cpu() for i in range(0, len(c), batch)]
+    x = torch.cat(outs)
+    return x.view(cond.shape[0], n, *x.shape[1:])
+
+
+def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpoint=None) -> dict:
+    from .clips import grid, to_uint8, write
+
+    texts = list(texts)
+    if not texts:
+        raise UserError("give at least one --text")
+    if n < 1:
+        raise UserError("--n must be >= 1")
+    g = load_generator(run_dir, checkpoint)
+    cond = conditions(g.vocab, texts)
+    clips = to_uint8(generate(g.G, cond, n, seed))
+    out = Path(out)
+    if out.suffix.lower() in (".gif", ".mp4"):
+        paths = [write(grid(clips), out)]
+    elif out.suffix:
+        raise UserError(f"--out {out}: use a .gif or .mp4 file, or a directory")
+    else:
+        paths = [write(grid(clips), out / f"samples.{ext}") for ext in ("gif", "mp4")]
+    meta = {"run_dir": str(run_dir), "checkpoint": str(g.checkpoint), "step": g.step, "seed": seed, "n": n,
+            "rows": texts, "files": [str(p) for p in paths]}
+    side = paths[0].with_name(paths[0].stem + ".json")
+    side.write_text(json.dumps(meta, indent=1))
+    return meta
