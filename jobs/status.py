@@ -56,6 +56,12 @@ def _done(stage: str, out: Path, spec: dict) -> tuple[bool, str]:
     if stage == "vocab":
         ok = (out / "vocab" / "vocab.json").exists()
         return ok, "vocab.json written" if ok else "no vocab.json"
+    if stage == "evaluate":
+        e = out / "run" / "eval.json"
+        if not e.exists():
+            return False, "no run/eval.json"
+        r = json.loads(e.read_text())
+        return True, f"eval.json at step {r['step']}: cond_acc_seen {r['cond_acc_seen']:.3f} (chance {r['chance']:.3f})"
     ckpts = sorted((out / "run" / "checkpoints").glob("step-*.pt"))
     want = (spec["stages"].get("train") or {}).get("max_steps")
     step = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0

@@ -45,6 +45,19 @@ def _resources(spec: dict, stage: str, dependency: str | None):
     return Resources(**given, dependency=dependency)
 
 
+def _eval_config(given: dict, out: Path):
+    """stages.evaluate in a spec: EvalConfig keys; the evaluator sees OUT/frames plus any `data` given."""
+    from pipeline.evaluate import EvalConfig
+
+    valid = {f.name for f in fields(EvalConfig)} - {"run_dir"}
+    bad = set(given) - valid
+    if bad:
+        raise UserError(f"stages.evaluate: unknown key(s) {sorted(bad)}; valid: {', '.join(sorted(valid))}")
+    extra = given.pop("data", None) or []
+    given = {k: Path(v) if k in ("i3d", "cache") else v for k, v in given.items()}
+    return EvalConfig(run_dir=out / "run", data=(out / "frames", *(Path(d).absolute() for d in extra)), **given)
+
+
 def _record(out: Path, entry: dict) -> None:
     """Append to OUT/submissions.json (what `t2v status` reads), atomically."""
     path = out / "submissions.json"
@@ -56,7 +69,7 @@ def _record(out: Path, entry: dict) -> None:
 
 def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = False) -> int:
     from jobs.executor import map_tasks, run_job, sbatch_script
-    from jobs.tasks import FramesTask, TrainTask, VocabTask
+    from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
     from pipeline import frames, train
     from pipeline.frames import FramesConfig
     from pipeline.manifests import load_subset
@@ -65,8 +78,6 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
 
     spec = load_spec(spec_path)
     stages = [s for s in STAGES if s in (stages or spec["stages"])]
-    if "evaluate" in stages:
-        raise UserError("the evaluate stage is not built yet; leave it out of --stages")
     env = {**{k: str(v) for k, v in (spec.get("vars") or {}).items()}, **os.environ}
     manifest = load_subset(spec["data_manifest"], env=env, resolve_paths=True)
     out = Path(spec["out"]).absolute()
@@ -85,6 +96,7 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
     sets += [f"tracking_uri={(spec.get('tracking') or {}).get('uri') or default_uri(Path.cwd())}",
              f"experiment={(spec.get('tracking') or {}).get('experiment', spec['name'])}"]
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
+    ecfg = _eval_config(cfg.get("evaluate") or {}, out)
     kind = executor
     print(f"experiment {spec['name']}: stages {' -> '.join(stages)} on the {kind} executor; outputs in {out}")
 
@@ -115,7 +127,7 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
                 frames.ensure_manifest(fcfg, frames.plan(fcfg, verify=False))
             job = outs[0].job_id.split("_")[0] if outs else None
         else:
-            task = VocabTask(vcfg) if stage == "vocab" else TrainTask(tcfg)
+            task = {"vocab": VocabTask(vcfg), "train": TrainTask(tcfg), "evaluate": EvaluateTask(ecfg)}[stage]
             if stage == "train" and wait:
                 train.check(tcfg)
             o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait)

@@ -69,3 +69,19 @@ class TrainTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg), point)
+
+
+@dataclass(frozen=True)
+class EvaluateTask:
+    cfg: object  # pipeline.evaluate.EvalConfig
+
+    def __call__(self) -> dict:
+        from pipeline.evaluate import run
+
+        r = run(self.cfg, progress=False)
+        return {k: v for k, v in r.items() if k != "prompts"}  # the full table is in RUN_DIR/eval.json
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)  # idempotent: eval.json is replaced atomically

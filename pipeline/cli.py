@@ -197,8 +197,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--videos", type=int, default=120)
-    p.add_argument("--steps", type=int, default=120, help="training steps (debug_cpu preset)")
+    p.add_argument("--videos", type=int, default=600)
+    p.add_argument("--steps", type=int, default=600, help="training steps (debug_cpu preset)")
+    p.add_argument("--evaluator-steps", type=int, default=600, help=argparse.SUPPRESS)  # tests: smaller
+    p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
     return top
 
 
@@ -482,46 +484,73 @@ def cmd_status(a) -> int:
 
 
 def cmd_demo(a) -> int:
+    """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
+    import json
+    import shutil
+    import time
+
+    from .evaluate import EvalConfig, run as evaluate, table
     from .frames import FramesConfig
     from .manifests import load_subset
+    from .sample import sample
     from .toydata import make_toy
+    from .tracking import default_uri
+    from .train import build_config
     from .vocab import VocabConfig
 
-    out = Path(a.out)
+    t0 = time.perf_counter()
+    out = Path(a.out).absolute()
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
         make_toy(data, videos=a.videos, seed=0)
     local = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
                                qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
     labels = (data / "labels" / "train.json", data / "labels" / "validation.json")
-    print("\n== frames ==")
-    rc = run_frames(FramesConfig(labels=labels[0], videos=data / "videos", out=out / "frames",
-                                 templates=tuple(load_subset("toy")["templates"]), shard_size=32), local)
-    if rc:
-        return rc
+    templates = tuple(load_subset("toy")["templates"])
+    for split, dest in ((0, "frames"), (1, "frames-val")):  # validation clips: held-out prompts for evaluation
+        print(f"\n== frames ({labels[split].stem}) ==")
+        rc = run_frames(FramesConfig(labels=labels[split], videos=data / "videos", out=out / dest,
+                                     templates=templates, shard_size=128), local)
+        if rc:
+            return rc
     print("\n== vocab ==")
     # Sentence mode: the toy captions differ in direction as well as object.
     rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="sentence"), local)
     if rc:
         return rc
     print("\n== train ==")
-    from .tracking import default_uri
-    from .train import build_config
-
     uri = default_uri(out)
+    cache = out / "evaluators"
     cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
-                       [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo"])
+                       [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo",
+                        f"eval_every={a.steps // 3 if a.steps >= 30 else 0}", f"eval_data={out / 'frames-val'}",
+                        f"eval_cache={cache}"])
     train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0)
     rc = run_train(cfg, train_args)
     if rc:
         return rc
+    print("\n== sample ==")
+    prompts = ["pushing red square from left to right",  # seen in training
+               "pushing red square from right to left",  # held out: a known object in a new direction
+               "moving yellow triangle up",  # held out: an object training never saw
+               "pushing purple square from left to right"]  # "purple" is in no caption: fastText subwords
+    meta = sample(out / "run", prompts, n=4, seed=0, out=out / "samples.gif")
+    print("\n== evaluate ==")
+    r = evaluate(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
+                            steps=a.evaluator_steps, min_clips=a.min_clips))
+    shutil.copyfile(out / "run" / "eval.json", out / "eval.json")
+    print(table(r))
+    rows = json.loads((out / "run" / "clips" / "prompts.json").read_text())
     clips = sorted((out / "run" / "clips").glob("*.gif"))
-    print(f"\ndemo done, everything under {out}/:\n"
-          f"  toy dataset     {data}\n  frames shards   {out / 'frames'}\n  word vectors    {out / 'vocab'}\n"
+    print(f"\ndemo done in {time.perf_counter() - t0:.0f} s, everything under {out}/:\n"
+          f"  samples         {meta['files'][0]} (rows: {'; '.join(prompts)})\n"
+          f"  training clips  {clips[-1] if clips else '-'} (rows: "
+          + "; ".join(f"{x['template'].replace('[something]', x['object'])}"
+                      + (" [held out]" if x["held_out"] else "") for x in rows) + ")\n"
+          f"  evaluation      {out / 'eval.json'}\n"
           f"  run dir         {out / 'run'} (checkpoints, config, generator.pt)\n"
-          f"  generated clips {clips[-1] if clips else '-'} (rows: prompts in clips/prompts.json)\n"
           f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri {uri}\n"
-          "(sampling and evaluation arrive with a later stage)")
+          "                  then open http://127.0.0.1:5000, experiment 'demo'")
     return 0
 
 

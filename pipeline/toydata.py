@@ -11,7 +11,11 @@ evaluation uses, listed in ``toy_meta.json``.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import functools
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -47,6 +51,7 @@ def _is_heldout(obj: str, d: str) -> bool:
     return obj in HELDOUT_OBJECTS or (obj, d) in HELDOUT_PAIRS
 
 
+@functools.cache
 def _digits() -> np.ndarray:
     from sklearn.datasets import load_digits
 
@@ -145,7 +150,13 @@ def encode_webm(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
         raise UserError(f"ffmpeg failed on {path.name}: {e.stderr.decode(errors='replace').strip()}") from None
 
 
-def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True) -> dict:
+def _make_clip(job) -> None:
+    k, seed, obj, act, path = job
+    encode_webm(render(obj, act, np.random.default_rng([seed, k]), _digits()), path)
+
+
+def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True, workers: int = 0) -> dict:
+    """``workers``: processes rendering and encoding (0: one per CPU)."""
     if videos < 4:
         raise UserError("--videos must be at least 4")
     out = Path(out)
@@ -166,11 +177,15 @@ def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True) -> di
         else:
             obj, act = seen[rng.integers(len(seen))]
         plan.append((str(ids[i]), split, obj, act))
-    digits = _digits()
     labels = {"train": [], "validation": []}
-    for k, (vid, split, obj, act) in enumerate(tqdm(plan, desc="toy videos", unit="clip", disable=not progress)):
-        frames = render(obj, act, np.random.default_rng([seed, k]), digits)
-        encode_webm(frames, out / "videos" / f"{vid}.webm")
+    jobs = [(k, seed, obj, act, out / "videos" / f"{vid}.webm") for k, (vid, _, obj, act) in enumerate(plan)]
+    # Each clip depends only on (seed, k): any number of workers writes the same files.
+    n = max(1, min(workers or (os.cpu_count() or 1), len(jobs)))
+    with concurrent.futures.ProcessPoolExecutor(n) if n > 1 else contextlib.nullcontext() as pool:
+        done = pool.map(_make_clip, jobs, chunksize=8) if pool else map(_make_clip, jobs)
+        for _ in tqdm(done, total=len(jobs), desc="toy videos", unit="clip", disable=not progress):
+            pass
+    for vid, split, obj, act in plan:
         template = TEMPLATES[act]
         label = fill(template, [obj])
         labels[split].append({"id": vid, "label": label[0].lower() + label[1:],

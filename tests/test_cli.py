@@ -11,17 +11,21 @@ from pipeline.errors import UserError
 from pipeline.manifests import load_subset
 
 
-@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "train", "submit", "status", "demo"])
+@pytest.mark.parametrize("cmd", ["toy-data", "frames", "vocab", "neighbors", "train", "sample",
+                                 "evaluate", "submit", "status", "demo"])
 def test_every_subcommand_has_help_with_examples(cmd):
     r = t2v(cmd, "--help")
     assert "examples:" in r.stdout and f"t2v {cmd}" in r.stdout
 
 
 def test_demo_runs_what_exists(tmp_path):
-    r = t2v("demo", "--out", tmp_path / "demo", "--videos", "40", "--steps", "2")
+    r = t2v("demo", "--out", tmp_path / "demo", "--videos", "60", "--steps", "2", "--evaluator-steps", "20",
+            "--min-clips", "1")
     assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
     assert "training finished at step 2" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
-    assert list((tmp_path / "demo/run/clips").glob("*.gif"))
+    assert list((tmp_path / "demo/run/clips").glob("*.gif")) and (tmp_path / "demo/samples.gif").exists()
+    e = __import__("json").loads((tmp_path / "demo/eval.json").read_text())
+    assert e["step"] == 2 and e["n_prompts_heldout"] > 0 and "chance" in r.stdout
 
 
 def test_subset_manifests(toy, tmp_path):

@@ -21,6 +21,7 @@ def spec_for(toy, tmp_path, **train):
     spec["stages"]["frames"]["shard_size"] = 16
     spec["stages"]["vocab"]["epoch"] = 5
     spec["stages"]["train"] = {"preset": "debug_cpu", "max_steps": 3, "set": TINY, **train}
+    spec["stages"]["evaluate"] = {"samples": 2, "steps": 40, "min_clips": 1}
     spec["tracking"] = {"experiment": "submit-test", "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
     p = tmp_path / "exp.yaml"
     p.write_text(yaml.safe_dump(spec))
@@ -30,8 +31,8 @@ def spec_for(toy, tmp_path, **train):
 def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = t2v("submit", ROOT / "jobs/toy.yaml", "--executor", "slurm", "--dry-run")
-    assert r.stdout.count("#!/bin/bash") == 3 and "--dependency='afterok:<frames job id>'" in r.stdout
-    assert "frames\n  -> vocab after frames\n  -> train after vocab" in r.stdout
+    assert r.stdout.count("#!/bin/bash") == 4 and "--dependency='afterok:<frames job id>'" in r.stdout
+    assert "frames\n  -> vocab after frames\n  -> train after vocab\n  -> evaluate after train" in r.stdout
     r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run", check=False,
             env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "STHSTH_ROOT" in r.stderr  # the user's paths are required, clearly
@@ -42,21 +43,22 @@ def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
 
 def test_local_chain_runs_in_order(toy, tmp_path):
     r = t2v("submit", spec_for(toy, tmp_path))
-    assert re.search(r"frames job \d+\n  -> vocab job \d+\n  -> train job \d+", r.stdout), r.stdout
+    assert re.search(r"frames job \d+\n  -> vocab job \d+\n  -> train job \d+\n  -> evaluate job \d+", r.stdout), \
+        r.stdout
     out = tmp_path / "exp"
     assert (out / "frames/manifest.csv").exists() and (out / "vocab/vocab.json").exists()
-    assert (out / "run/generator.pt").exists()
+    assert (out / "run/generator.pt").exists() and (out / "run/eval.json").exists()
 
 
 @pytest.mark.slurm
-def test_slurm_chain_frames_vocab_train(slurm, toy, tmp_path):
+def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
     r = t2v("submit", spec_for(toy, tmp_path), "--executor", "slurm")
-    train_job = re.search(r"train job (\d+)", r.stdout)[1]
+    last_job = re.search(r"evaluate job (\d+)", r.stdout)[1]  # the chain's end
     frames_job = re.search(r"frames job (\d+)", r.stdout)[1]
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
     deadline = time.time() + 300
     while time.time() < deadline:
-        rows = sacct(train_job)
+        rows = sacct(last_job)
         if rows and rows[-1]["state"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
             break
         time.sleep(2)
@@ -67,6 +69,8 @@ def test_slurm_chain_frames_vocab_train(slurm, toy, tmp_path):
     assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
     assert {a.path for a in c.list_artifacts(run_id, "clips")} >= {"clips/step-00000003.gif"}
     assert c.list_artifacts(run_id, "checkpoints")
+    e = __import__("json").loads((tmp_path / "exp/run/eval.json").read_text())
+    assert c.get_run(run_id).data.metrics["cond_acc_seen"] == pytest.approx(e["cond_acc_seen"])
 
 
 @pytest.mark.slurm
@@ -81,6 +85,7 @@ def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path)
     r = t2v("submit", spec, "--executor", "slurm")
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
     train_job = re.search(r"train job (\d+)", r.stdout)[1]
+    eval_job = re.search(r"evaluate job (\d+)", r.stdout)[1]
     deadline = time.time() + 120
     while time.time() < deadline and not any(row["state"] == "FAILED" for row in sacct(vocab_job)):
         time.sleep(1)
@@ -90,9 +95,9 @@ def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path)
         assert re.search(r"frames\s+done .*COMPLETED=", s.stdout), s.stdout
         assert f"{vocab_job} FAILED" in s.stdout and "neither a fastText .bin model nor a .vec" in s.stdout
         assert re.search(rf"{train_job} PENDING: .*Dependency", s.stdout), s.stdout
-        assert f"t2v submit {spec} --executor slurm --stages vocab,train" in s.stdout
+        assert f"t2v submit {spec} --executor slurm --stages vocab,train,evaluate" in s.stdout
     finally:
-        subprocess.run(["scancel", train_job])
+        subprocess.run(["scancel", train_job, eval_job])
 
 
 @pytest.mark.slurm

@@ -24,7 +24,7 @@ def vocab(toy, tmp_path_factory):
 def _read(out):
     with h5py.File(out / "embeddings.h5", "r") as e, h5py.File(out / "samples.h5", "r") as s:
         return ([t.decode() for t in e["tokens"][:]], e["vectors"][:],
-                {k: s[k][:] for k in ("ids", "token_ids", "lengths", "condition")})
+                {k: s[k][:] for k in ("ids", "token_ids", "lengths", "condition", "cond_mean", "cond_whiten")})
 
 
 def test_outputs_have_the_right_shapes(vocab, toy):
@@ -38,7 +38,9 @@ def test_outputs_have_the_right_shapes(vocab, toy):
     assert samples["condition"].dtype == np.float32 and samples["condition"].shape == (len(labels), 50)
     for row, ids, k, cond in zip(labels, ti, n, samples["condition"]):
         assert [tokens[i] for i in ids[:k]] == tokenize(row["placeholders"][0]) and not ids[k:].any()
-        np.testing.assert_allclose(cond, vectors[ids[:k]].mean(0), rtol=1e-6)
+        raw = vectors[ids[:k]].mean(0)  # object mode: the mean of the word vectors, then whitened
+        np.testing.assert_allclose(cond, (raw - samples["cond_mean"]) @ samples["cond_whiten"], rtol=1e-4,
+                                   atol=1e-5)
     info = json.loads((vocab / "vocab.json").read_text())
     assert info["n_samples"] == len(labels) and info["excluded"] == {}
     assert info["token_counts"]["digit"] == sum("digit" in r["label"] for r in labels)
@@ -147,7 +149,8 @@ def test_text_encoders(vocab):
     vecs = lookup(torch.from_numpy(v.vectors), ids)  # B,L,D
     mean = MeanTextEncoder(v.dim)
     assert not list(mean.parameters())
-    torch.testing.assert_close(mean(vecs, lengths), cond)
+    whiten = lambda x: (x - torch.from_numpy(v.cond_mean)) @ torch.from_numpy(v.cond_whiten)  # noqa: E731
+    torch.testing.assert_close(whiten(mean(vecs, lengths)), cond, rtol=1e-4, atol=1e-5)
     gru = GRUTextEncoder(v.dim, hidden=16, out_dim=12)
     out = gru(vecs, lengths)
     assert out.shape == (8, 12)
@@ -171,3 +174,23 @@ def test_sentence_mode_with_extra_corpus(toy, tmp_path):
     assert first == tokenize(rows[0]["label"]) and vectors.shape[1] == 16
     assert "penny" in (out / "corpus.txt").read_text()
     assert json.loads((out / "vocab.json").read_text())["mode"] == "sentence"
+
+
+def test_sentence_conditions_tell_directions_apart_and_are_whitened(toy, tmp_path):
+    """A mean of word vectors can't tell "left to right" from "right to left"; ours can."""
+    from pipeline.vocab import Vocab
+
+    t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", tmp_path / "v",
+        "--mode", "sentence", "--epoch", "5")
+    v = Vocab(tmp_path / "v")
+    assert v.cond_dim == 2 * v.dim
+    ltr = v.condition("pushing red square from left to right")
+    rtl = v.condition("pushing red square from right to left")
+    _, a = v.encode("pushing red square from left to right")
+    _, b = v.encode("pushing red square from right to left")
+    np.testing.assert_allclose(a.mean(0), b.mean(0), rtol=1e-6)  # same words, same mean
+    assert np.linalg.norm(ltr - rtl) > 0.1 * np.linalg.norm(ltr)
+    with h5py.File(tmp_path / "v/samples.h5") as f:
+        c = f["condition"][:]
+    np.testing.assert_allclose(c.mean(0), 0, atol=1e-4)  # whitened: centred ...
+    assert np.linalg.eigvalsh(np.cov(c, rowvar=False)).max() < 1.5  # ... and no direction dominates
