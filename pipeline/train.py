@@ -531,7 +531,7 @@ def run(cfg: TrainConfig) -> dict:
         videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
         g = grid(videos)
         for ext in ("gif", "mp4"):
-            p = write(g, run_dir / "clips" / f"step-{step_now:08d}.{ext}")
+            p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
             tracker.artifact(p, "clips")
         (run_dir / "clips" / "prompts.json").write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))

@@ -21,7 +21,9 @@ def test_demo_runs_what_exists(tmp_path):
     r = t2v("demo", "--out", tmp_path / "demo", "--videos", "40", "--steps", "2")
     assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
     assert "training finished at step 2" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
-    assert list((tmp_path / "demo/run/clips").glob("*.gif"))
+    clips = tmp_path / "demo/run/clips"
+    assert (clips / "step_000002.gif").exists() and (clips / "step_000002.mp4").exists()
+    assert f"generated clips {clips / 'step_000002.gif'}" in r.stdout
 
 
 def test_subset_manifests(toy, tmp_path):

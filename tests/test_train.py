@@ -215,7 +215,7 @@ def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server)
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, 7)), (key, steps)  # every step once, none twice
     arts = {a.path for a in c.list_artifacts(run_id, "clips")} | {a.path for a in c.list_artifacts(run_id, "model")}
-    assert {"clips/step-00000006.gif", "clips/step-00000006.mp4", "model/generator.pt"} <= arts
+    assert {"clips/step_000006.gif", "clips/step_000006.mp4", "model/generator.pt"} <= arts
     assert any(a.path.endswith(".pt") for a in c.list_artifacts(run_id, "checkpoints"))
 
 
