@@ -533,8 +533,10 @@ def run(cfg: TrainConfig) -> dict:
         for ext in ("gif", "mp4"):
             p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
             tracker.artifact(p, "clips")
-        (run_dir / "clips" / "prompts.json").write_text(json.dumps(
+        rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
+        rows.write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
+        tracker.artifact(rows, "clips")
 
     tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
     t_tick = time.perf_counter()
