@@ -10,6 +10,9 @@ DEMO    := demo-output
 setup: $(STAMP)
 	@command -v ffprobe >/dev/null || { echo "installing Debian ffmpeg (ffmpeg + ffprobe)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian chromium + chromium-driver (the browser test of the MLflow UI)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # Re-run pip only when the dependency list changes; torch goes first so that the
 # pinned CPU wheel satisfies the range in pyproject.toml.

@@ -26,7 +26,13 @@ def grid(videos: np.ndarray, pad: int = 1) -> np.ndarray:
 
 
 def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
-    """uint8 (T, H, W, 3) -> .gif or .mp4 (by suffix), upscaled with nearest neighbour."""
+    """uint8 (T, H, W, 3) -> .gif or .mp4 (by suffix), upscaled with nearest neighbour.
+
+    The MP4 is made for browsers: H.264 in yuv420p (the pixel format every browser
+    decodes; it needs even sides, so an odd side gets one white row or column, the
+    gutter colour), with the index moved to the front (+faststart) so playback can
+    start before the whole file has arrived.
+    """
     t, h, w, _ = frames.shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +41,8 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
         vf += ",split[a][b];[a]palettegen=max_colors=128[p];[b][p]paletteuse"
         codec = []
     else:
-        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18"]
-        vf = f"scale={(w * scale) // 2 * 2}:{(h * scale) // 2 * 2}:flags=neighbor"
+        vf += ",pad=ceil(iw/2)*2:ceil(ih/2)*2:0:0:white"
+        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart"]
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
            "-i", "-", "-vf", vf, *codec, str(path)]
     subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)

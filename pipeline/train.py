@@ -510,7 +510,9 @@ def run(cfg: TrainConfig) -> dict:
                 "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
                 "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
         if cfg.sweep:
-            tags.update({"t2v.sweep": cfg.sweep, "mlflow.parentRunId": cfg.parent_run_id})
+            tags["t2v.sweep"] = cfg.sweep
+        if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
+            tags["mlflow.parentRunId"] = cfg.parent_run_id
         tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
     stop = {"flag": False}
     signals = [signal.SIGUSR1] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
@@ -546,10 +548,12 @@ def run(cfg: TrainConfig) -> dict:
         videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
         g = grid(videos)
         for ext in ("gif", "mp4"):
-            p = write(g, run_dir / "clips" / f"step-{step_now:08d}.{ext}")
+            p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
             tracker.artifact(p, "clips")
-        (run_dir / "clips" / "prompts.json").write_text(json.dumps(
+        rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
+        rows.write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
+        tracker.artifact(rows, "clips")
 
     def evaluate(step_now: int) -> None:
         if not env.main:

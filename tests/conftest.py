@@ -1,7 +1,10 @@
-"""Shared fixtures: a real toy dataset (real VP9 encodes) and a CLI runner."""
+"""Shared fixtures: a real toy dataset (real VP9 encodes), a real MLflow server and a CLI runner."""
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,38 @@ def prepared(toy, tmp_path_factory):
     t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", d / "vocab",
         "--epoch", "5")
     return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with its own sqlite store; yields its URI."""
+    import urllib.request
+
+    d = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
+                             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:  # the port opens before the app can answer: ask /health
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start:\n" + (d / "server.log").read_text())
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=20)

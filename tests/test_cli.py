@@ -23,7 +23,9 @@ def test_demo_runs_what_exists(tmp_path):
             "--min-clips", "1")
     assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
     assert "training finished at step 2" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
-    assert list((tmp_path / "demo/run/clips").glob("*.gif")) and (tmp_path / "demo/samples.gif").exists()
+    clips = tmp_path / "demo/run/clips"
+    assert (clips / "step_000002.gif").exists() and (clips / "step_000002.mp4").exists()
+    assert f"training clips  {clips / 'step_000002.gif'}" in r.stdout and (tmp_path / "demo/samples.gif").exists()
     e = __import__("json").loads((tmp_path / "demo/eval.json").read_text())
     assert e["step"] == 2 and e["n_prompts_heldout"] > 0 and "chance" in r.stdout
 

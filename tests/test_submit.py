@@ -67,7 +67,7 @@ def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
     run_id = (tmp_path / "exp/run/mlflow_run_id").read_text().strip()
     c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
-    assert {a.path for a in c.list_artifacts(run_id, "clips")} >= {"clips/step-00000003.gif"}
+    assert {a.path for a in c.list_artifacts(run_id, "clips")} >= {"clips/step_000003.gif", "clips/step_000003.mp4"}
     assert c.list_artifacts(run_id, "checkpoints")
     e = __import__("json").loads((tmp_path / "exp/run/eval.json").read_text())
     assert c.get_run(run_id).data.metrics["cond_acc_seen"] == pytest.approx(e["cond_acc_seen"])

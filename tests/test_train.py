@@ -6,16 +6,14 @@ All on the CPU: the GPU paths (nccl, AMP) can't run on this machine.
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import T2V, t2v
+from conftest import T2V, free_port, t2v
 from pipeline.train import RankBatches, build_config, checkpoint_paths, load_latest, run
 
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
@@ -168,38 +166,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    d = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-                             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start:\n" + (d / "server.log").read_text())
-    time.sleep(1)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
 def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server):
     run_dir = prepared / "tracked"
     train_cli(prepared, run_dir, 4, "--tracking-uri", mlflow_server, "--experiment", "t2v-test")
@@ -215,12 +181,12 @@ def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server)
         steps = [m.step for m in c.get_metric_history(run_id, key)]
         assert sorted(steps) == list(range(1, 7)), (key, steps)  # every step once, none twice
     arts = {a.path for a in c.list_artifacts(run_id, "clips")} | {a.path for a in c.list_artifacts(run_id, "model")}
-    assert {"clips/step-00000006.gif", "clips/step-00000006.mp4", "model/generator.pt"} <= arts
+    assert {"clips/step_000006.gif", "clips/step_000006.mp4", "clips/prompts.json", "model/generator.pt"} <= arts
     assert any(a.path.endswith(".pt") for a in c.list_artifacts(run_id, "checkpoints"))
 
 
 def test_training_carries_on_when_mlflow_is_down(prepared):
-    r = train_cli(prepared, prepared / "offline", 3, "--tracking-uri", f"http://127.0.0.1:{_free_port()}")
+    r = train_cli(prepared, prepared / "offline", 3, "--tracking-uri", f"http://127.0.0.1:{free_port()}")
     assert "training finished at step 3" in r.stdout
     log = next((prepared / "offline" / "logs").glob("*_0_log.err")).read_text()
     assert "MLflow unavailable" in log and load_latest(prepared / "offline")["step"] == 3
