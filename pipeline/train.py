@@ -456,6 +456,19 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def preempt_signal() -> signal.Signals:
+    """The preemption signal: submitit's (USR2 since NCCL swallowed USR1, NVIDIA/nccl#704), or
+    SUBMITIT_PREEMPT_SIGNAL. submitit writes the same value into sbatch --signal, and the job
+    inherits the variable, so the scheduler and this handler always agree."""
+    from submitit.core.job_environment import JobEnvironment
+
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", JobEnvironment.USR_SIG).upper().removeprefix("SIG")
+    try:
+        return signal.Signals["SIG" + name]
+    except KeyError:
+        raise UserError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)") from None
+
+
 def run(cfg: TrainConfig) -> dict:
     from .tracking import Tracker, default_uri
 
@@ -515,7 +528,9 @@ def run(cfg: TrainConfig) -> dict:
             tags["mlflow.parentRunId"] = cfg.parent_run_id
         tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
     stop = {"flag": False}
-    signals = [signal.SIGUSR1] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
+    # Installed after dist.init: NCCL/gloo set-up can't swallow it. Any rank may get it;
+    # any_rank() below makes every rank stop at the same step boundary.
+    signals = [preempt_signal()] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
     previous = {s: signal.signal(s, lambda *_: stop.update(flag=True)) for s in signals}
 
     wait = [0.0]

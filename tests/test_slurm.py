@@ -77,7 +77,8 @@ def test_preempted_training_checkpoints_requeues_and_finishes_exactly(slurm, pre
     deadline = time.time() + 120
     while not (log.exists() and "step 4/" in log.read_text()) and time.time() < deadline:
         time.sleep(0.2)
-    assert os.system(f"scancel --signal=USR1 {job}") == 0  # to the job's steps, as a preemption notice
+    # To the job's steps, as a preemption notice: submitit's signal, the one in the sbatch --signal.
+    assert os.system(f"scancel --signal=USR2 {job}") == 0
     rows = wait_done(job, timeout=240)
     assert [row["state"] for row in rows][-1] == "COMPLETED"
     assert any(row["state"] == "REQUEUED" for row in rows), rows  # sacct -D shows the requeue

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import T2V, free_port, t2v
-from pipeline.train import RankBatches, build_config, checkpoint_paths, load_latest, run
+from pipeline.train import RankBatches, build_config, checkpoint_paths, load_latest, preempt_signal, run
 
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
 
@@ -143,7 +143,7 @@ def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
         time.sleep(0.1)
     controller = int(errs[0].name.split("_")[0])  # the local job id is its controller's pid ...
     (task,) = _children(controller)  # ... and the training runs in its child
-    os.kill(task, signal.SIGUSR1)
+    os.kill(task, preempt_signal())  # submitit's: SIGUSR2
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert "training preempted at step" in out
@@ -151,6 +151,36 @@ def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
     assert 3 <= step < 400
     r = train_cli(prepared, run_dir, step + 2, "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
     assert f"training finished at step {step + 2}" in r.stdout
+
+
+def test_signal_to_one_of_two_ranks_stops_both_at_one_step(prepared):
+    """After the process group is up, the preemption signal reaches the handler, and a signal to
+    rank 1 alone (submitit only checkpoints on rank 0, submitit#9) still stops every rank at the
+    same step: rank 0 writes the checkpoint, both exit, nobody waits in a collective."""
+    run_dir = prepared / "preempt2"
+    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db",
+           "--executor", "local", "--tasks-per-node", "2"]
+    for s in TINY + ["checkpoint_every=1000"]:
+        cmd += ["--set", s]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = run_dir / "logs"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        errs = sorted(logs.glob("*_0_log.err")) if logs.exists() else []
+        if errs and "step 3/" in errs[0].read_text():
+            break
+        time.sleep(0.1)
+    controller = int(errs[0].name.split("_")[0])
+    ranks = _children(controller)
+    assert len(ranks) == 2
+    rank1 = next(pid for pid in ranks if "SUBMITIT_LOCAL_GLOBALID=1\0" in open(f"/proc/{pid}/environ").read())
+    os.kill(rank1, preempt_signal())
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert "training preempted at step" in out and "weights on 2 rank(s): identical" in out
+    step = load_latest(run_dir)["step"]
+    assert f"training preempted at step {step}" in out and 3 <= step < 400
 
 
 def _children(pid: int) -> list[int]:
