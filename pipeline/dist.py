@@ -109,6 +109,15 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def max_rank(value: int) -> int:
+    """The largest value over all ranks (e.g. the strongest stop request any rank got)."""
+    if _ENV.world == 1:
+        return value
+    t = torch.tensor([value], device=_ENV.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather_objects(obj) -> list:
     if _ENV.world == 1:
         return [obj]

@@ -527,11 +527,13 @@ def run(cfg: TrainConfig) -> dict:
         if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
             tags["mlflow.parentRunId"] = cfg.parent_run_id
         tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
-    stop = {"flag": False}
-    # Installed after dist.init: NCCL/gloo set-up can't swallow it. Any rank may get it;
-    # any_rank() below makes every rank stop at the same step boundary.
-    signals = [preempt_signal()] + ([signal.SIGTERM] if "SLURM_JOB_ID" in os.environ else [])
-    previous = {s: signal.signal(s, lambda *_: stop.update(flag=True)) for s in signals}
+    # Stop requests: 1 = preempted (checkpoint, requeue, the MLflow run stays RUNNING), 2 = cancelled
+    # (SIGTERM: checkpoint, KILLED). Handlers go in after dist.init, so process-group set-up can't
+    # swallow them; any rank may get one, and max_rank() stops every rank at the same step.
+    stop = {"code": 0}
+    handlers = {preempt_signal(): 1, signal.SIGTERM: 2}
+    previous = {s: signal.signal(s, lambda sig, _f: stop.update(code=max(stop["code"], handlers[sig])))
+                for s in handlers}
 
     wait = [0.0]
 
@@ -611,11 +613,11 @@ def run(cfg: TrainConfig) -> dict:
                 clips(step)
             if cfg.eval_every and step % cfg.eval_every == 0:
                 evaluate(step)
-            preempted = dist.any_rank(stop["flag"])
-            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or preempted:
+            code = dist.max_rank(stop["code"])
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or code:
                 save(step, data_pos)
-            if preempted:
-                status = "preempted"
+            if code:
+                status = "preempted" if code == 1 else "cancelled"
                 break
         if status == "finished" and env.main:
             clips(step)
@@ -628,11 +630,20 @@ def run(cfg: TrainConfig) -> dict:
                 tracker.artifact(latest[0], "checkpoints")
         # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
         digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
+    except KeyboardInterrupt:
+        status = "cancelled"
+        raise
+    except BaseException:
+        status = "failed"
+        raise
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        if tracker:
-            tracker.finish("FINISHED" if status == "finished" else "KILLED")
+        # Set explicitly: MLflow's atexit would call a crash FINISHED (mlflow#3932). A preempted
+        # run stays RUNNING until its requeued job finishes it.
+        final = {"finished": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
+        if tracker and final:
+            tracker.finish(final)
         dist.shutdown()
     return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
             "rank_digests": digests, "mlflow_run_id": tracker.run_id if tracker else None}

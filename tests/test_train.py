@@ -149,8 +149,56 @@ def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
     assert "training preempted at step" in out
     step = load_latest(run_dir)["step"]
     assert 3 <= step < 400
+    c = MlflowClient(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert c.get_run(run_id).info.status == "RUNNING"  # preempted: it comes back
     r = train_cli(prepared, run_dir, step + 2, "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
     assert f"training finished at step {step + 2}" in r.stdout
+    assert c.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_crash_is_failed_in_mlflow_not_finished(prepared, monkeypatch):
+    from pipeline import train
+
+    calls = []
+
+    def boom(self, next_batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug at step 2")
+        return real_step(self, next_batch)
+
+    real_step = train.GAN.step
+    monkeypatch.setattr(train.GAN, "step", boom)
+    run_dir = prepared / "crash"
+    with pytest.raises(RuntimeError, match="a bug at step 2"):
+        run(cfg(prepared, run_dir, 5))
+    c = MlflowClient(f"sqlite:///{prepared}/mlruns/mlflow.db")
+    assert c.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == "FAILED"
+
+
+def test_a_cancelled_run_is_killed_in_mlflow_after_a_checkpoint(prepared):
+    run_dir = prepared / "cancel"
+    uri = f"sqlite:///{prepared}/mlruns/mlflow.db"
+    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", uri]
+    for s in TINY + ["checkpoint_every=1000"]:
+        cmd += ["--set", s]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = run_dir / "logs"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        errs = list(logs.glob("*_0_log.err")) if logs.exists() else []
+        if errs and "step 2/" in errs[0].read_text():
+            break
+        time.sleep(0.1)
+    (task,) = _children(int(errs[0].name.split("_")[0]))
+    os.kill(task, signal.SIGTERM)  # what scancel sends
+    out, err = p.communicate(timeout=120)
+    step = load_latest(run_dir)["step"]
+    assert f"training cancelled at step {step}" in out, out + err
+    c = MlflowClient(uri)
+    assert c.get_run((run_dir / "mlflow_run_id").read_text().strip()).info.status == "KILLED"
 
 
 def test_signal_to_one_of_two_ranks_stops_both_at_one_step(prepared):
