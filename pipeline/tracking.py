@@ -49,6 +49,12 @@ class Tracker:
                 self.run_id = id_file.read_text().strip()
                 self._last(KEY_METRIC)
                 self.client.update_run(self.run_id, status="RUNNING")
+                # MLflow refuses to change a logged param (mlflow#7046): a resume that changes one
+                # (e.g. a larger max_steps) is recorded as a tag instead.
+                old = self.client.get_run(self.run_id).data.params
+                for k, v in _flatten(params).items():
+                    if k in old and old[k] != v:
+                        self.client.set_tag(self.run_id, f"t2v.resumed.{k}", f"{old[k]} -> {v}")
             else:
                 exp = self.client.get_experiment_by_name(experiment)
                 if exp is None:
@@ -105,10 +111,25 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             self._fail(e)
 
-    def artifact(self, path: Path, subdir: str | None = None) -> None:
+    def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None) -> None:
+        """Upload a file; one above ``max_mb`` is recorded as path + sha256 tags instead (an
+        upload of a multi-GB checkpoint can time out and fail the run, mlflow#7564)."""
         if self.run_id is None:
             return
         try:
+            size = Path(path).stat().st_size
+            if max_mb is not None and size > max_mb * 2**20:
+                import hashlib
+
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                key = f"t2v.artifact.{subdir or '.'}.{Path(path).name}"
+                self.client.set_tag(self.run_id, f"{key}.path", str(Path(path).absolute()))
+                self.client.set_tag(self.run_id, f"{key}.sha256", h.hexdigest())
+                self.client.set_tag(self.run_id, f"{key}.bytes", str(size))
+                return
             self.client.log_artifact(self.run_id, str(path), subdir)
         except Exception as e:  # noqa: BLE001
             self._fail(e)

@@ -31,7 +31,7 @@ from .errors import UserError
 # Keys that may change when a run is resumed; any other difference is a different experiment.
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
                "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset",
-               "sweep", "parent_run_id", "eval_every", "eval_data", "eval_samples",
+               "sweep", "parent_run_id", "eval_every", "eval_data", "eval_samples", "max_artifact_mb",
                "eval_cache"}
 
 
@@ -74,6 +74,7 @@ class TrainConfig:
     tick_every: int = 10
     clip_every: int = 0  # 0: clips only at the end
     clip_samples: int = 4
+    max_artifact_mb: float = 512.0  # bigger checkpoints/exports: path + sha256 tags, not an upload
     eval_every: int = 0  # 0: never during training; else `t2v evaluate` metrics every N steps, on rank 0
     eval_data: tuple[Path, ...] = ()  # extra frames outputs for the evaluator (default: just `data`)
     eval_samples: int = 4
@@ -624,10 +625,10 @@ def run(cfg: TrainConfig) -> dict:
             export = run_dir / "generator.pt"
             torch.save({"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
                         "prompts": prompts}, export)
-            tracker.artifact(export, "model")
+            tracker.artifact(export, "model", cfg.max_artifact_mb)
             latest = checkpoint_paths(run_dir)
             if latest:
-                tracker.artifact(latest[0], "checkpoints")
+                tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
         # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
         digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
     except KeyboardInterrupt:

@@ -310,3 +310,25 @@ def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
     assert cmd[0] == "t2v"
     out = t2v(*cmd[1:])
     assert "training finished at step 5" in out.stdout
+
+
+def test_resume_with_a_larger_max_steps_tags_the_change_and_big_files_become_tags(prepared):
+    """mlflow#7046: a changed param can't be logged again, so it becomes a tag. mlflow#7564: a
+    checkpoint above max_artifact_mb is recorded by path and hash, not uploaded."""
+    import hashlib
+
+    uri = f"sqlite:///{prepared}/mlruns/mlflow.db"
+    run_dir = prepared / "grow"
+    run(cfg(prepared, run_dir, 2))
+    r = run(cfg(prepared, run_dir, 4, "max_artifact_mb=0.001"))
+    assert r["status"] == "finished" and r["step"] == 4
+    c = MlflowClient(uri)
+    got = c.get_run(r["mlflow_run_id"]).data
+    assert got.params["max_steps"] == "2" and got.tags["t2v.resumed.max_steps"] == "2 -> 4"
+    assert got.tags["t2v.resumed.max_artifact_mb"] == "512.0 -> 0.001"
+    ckpt = checkpoint_paths(run_dir)[0]
+    key = f"t2v.artifact.checkpoints.{ckpt.name}"
+    assert got.tags[f"{key}.path"] == str(ckpt) and got.tags[f"{key}.bytes"] == str(ckpt.stat().st_size)
+    assert got.tags[f"{key}.sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    uploaded = {a.path for a in c.list_artifacts(r["mlflow_run_id"], "checkpoints")}
+    assert f"checkpoints/{ckpt.name}" not in uploaded
