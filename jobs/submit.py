@@ -98,6 +98,10 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
     ecfg = _eval_config(cfg.get("evaluate") or {}, out)
     kind = executor
+    if "train" in stages and not dry_run:
+        from pipeline.tracking import prepare_store
+
+        prepare_store(tcfg.tracking_uri, tcfg.experiment)  # once, before any job could race on it
     print(f"experiment {spec['name']}: stages {' -> '.join(stages)} on the {kind} executor; outputs in {out}")
 
     dep = None  # afterok on the previous stage's job

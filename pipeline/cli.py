@@ -356,6 +356,17 @@ def train_config(a):
     return build_config(a.data.absolute(), a.vocab.absolute(), a.run_dir.absolute(), a.preset, sets)
 
 
+def _prepare_tracking(cfg) -> None:
+    """Store and experiment exist before any task starts (tasks racing to create them fail)."""
+    from .tracking import prepare_store
+
+    try:
+        prepare_store(cfg.tracking_uri, cfg.experiment)
+    except Exception as e:  # noqa: BLE001  training still runs without MLflow; it warns then
+        print(f"warning: MLflow store {cfg.tracking_uri} not ready ({type(e).__name__}: {str(e)[:200]})",
+              file=sys.stderr)
+
+
 def run_train(cfg, a) -> int:
     from jobs.executor import run_job, sbatch_script
     from jobs.tasks import TrainTask
@@ -363,6 +374,8 @@ def run_train(cfg, a) -> int:
     from . import train
 
     info = train.check(cfg)
+    if not a.dry_run:
+        _prepare_tracking(cfg)
     ranks = a.nodes * a.tasks_per_node
     resumed = train.checkpoint_paths(cfg.run_dir)
     print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
@@ -384,6 +397,8 @@ def run_train(cfg, a) -> int:
     same = len(set(r["rank_digests"])) == 1
     print(f"training {r['status']} at step {r['step']}; run dir {r['run_dir']}, MLflow run {r['mlflow_run_id']}")
     print(f"weights on {r['world']} rank(s): " + ("identical" if same else "DIFFERENT: " + ", ".join(r["rank_digests"])))
+    print(f"MLflow run id on {r['world']} rank(s): " + ("the same" if len(set(r["rank_run_ids"])) == 1
+                                                        else "DIFFERENT: " + ", ".join(map(str, r["rank_run_ids"]))))
     return 0 if same else 1
 
 
@@ -432,6 +447,7 @@ def _parent_run(cfg, name: str) -> str:
     from .tracking import Tracker
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    _prepare_tracking(cfg)
     t = Tracker(cfg.tracking_uri, cfg.experiment, Path(cfg.run_dir), {"sweep": " ".join(sys.argv[1:])},
                 {"t2v.sweep": name, "t2v.role": "sweep-parent"}, run_name=name)
     t.finish()  # a grouping row in the UI; the points carry the work

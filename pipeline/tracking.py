@@ -20,6 +20,33 @@ def default_uri(base: Path) -> str:
     return f"sqlite:///{(Path(base) / 'mlruns' / 'mlflow.db').absolute()}"
 
 
+def prepare_store(uri: str, experiment: str, client=None) -> str:
+    """Create the store (schema migrations) and the experiment once, in the submitting process.
+
+    Sixteen tasks opening a fresh SQLite store at once race on its migrations: 15 of 16 died
+    with "table _alembic_tmp_latest_metrics already exists" here; on a prepared store all 16
+    logged every metric (README, "Hardening"). Returns the experiment id.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = client or MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    art = None
+    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in the cwd
+        art = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    try:
+        return client.create_experiment(experiment, artifact_location=art)
+    except Exception:  # noqa: BLE001  created by someone else meanwhile
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -56,14 +83,7 @@ class Tracker:
                     if k in old and old[k] != v:
                         self.client.set_tag(self.run_id, f"t2v.resumed.{k}", f"{old[k]} -> {v}")
             else:
-                exp = self.client.get_experiment_by_name(experiment)
-                if exp is None:
-                    art = None
-                    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in the cwd
-                        art = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-                    exp_id = self.client.create_experiment(experiment, artifact_location=art)
-                else:
-                    exp_id = exp.experiment_id
+                exp_id = prepare_store(uri, experiment, self.client)
                 run = self.client.create_run(exp_id, run_name=run_name or Path(run_dir).name,
                                              tags={k: str(v) for k, v in tags.items()})
                 self.run_id = run.info.run_id

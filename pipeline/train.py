@@ -531,6 +531,8 @@ def run(cfg: TrainConfig) -> dict:
     # Stop requests: 1 = preempted (checkpoint, requeue, the MLflow run stays RUNNING), 2 = cancelled
     # (SIGTERM: checkpoint, KILLED). Handlers go in after dist.init, so process-group set-up can't
     # swallow them; any rank may get one, and max_rank() stops every rank at the same step.
+    # Every rank knows the one MLflow run (rank 0 created or reopened it; only rank 0 logs).
+    run_id = dist.broadcast_object(tracker.run_id if tracker else None)
     stop = {"code": 0}
     handlers = {preempt_signal(): 1, signal.SIGTERM: 2}
     previous = {s: signal.signal(s, lambda sig, _f: stop.update(code=max(stop["code"], handlers[sig])))
@@ -631,6 +633,7 @@ def run(cfg: TrainConfig) -> dict:
                 tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
         # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
         digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
+        run_ids = dist.gather_objects(run_id)
     except KeyboardInterrupt:
         status = "cancelled"
         raise
@@ -647,7 +650,7 @@ def run(cfg: TrainConfig) -> dict:
             tracker.finish(final)
         dist.shutdown()
     return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
-            "rank_digests": digests, "mlflow_run_id": tracker.run_id if tracker else None}
+            "rank_digests": digests, "mlflow_run_id": run_id, "rank_run_ids": run_ids}
 
 
 EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "template_acc_seen", "object_acc_seen", "frechet", "diversity")

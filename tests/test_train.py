@@ -113,6 +113,7 @@ def test_two_gloo_ranks_stay_identical(prepared):
     r = train_cli(prepared, prepared / "ddp", 4, "--executor", "local", "--tasks-per-node", "2",
                   "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db")
     assert "weights on 2 rank(s): identical" in r.stdout
+    assert "MLflow run id on 2 rank(s): the same" in r.stdout  # broadcast from rank 0 (mlflow#11782)
     s = torch.load(checkpoint_paths(prepared / "ddp")[0], weights_only=True)
     assert len(s["rng"]) == 2 and not torch.equal(s["rng"][0]["torch"], s["rng"][1]["torch"])
 
