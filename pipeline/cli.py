@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--i3d", type=Path, help="a TorchScript I3D (B,3,T,224,224 in [-1,1] -> features): adds "
                    "true FVD; never downloaded")
     p.add_argument("--cache", type=Path, help="evaluator cache dir (default: <first --data>/evaluators)")
-    p.add_argument("--evaluator-steps", type=int, default=600, help="evaluator training steps (default 600)")
+    p.add_argument("--evaluator-steps", type=int, default=400, help="evaluator training steps (default 400)")
     p.add_argument("--min-clips", type=int, default=3, help="real clips an object needs to be a class (default 3)")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
@@ -199,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--videos", type=int, default=600)
     p.add_argument("--steps", type=int, default=600, help="training steps (debug_cpu preset)")
-    p.add_argument("--evaluator-steps", type=int, default=600, help=argparse.SUPPRESS)  # tests: smaller
+    p.add_argument("--evaluator-steps", type=int, default=400, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
     return top
 
