@@ -61,6 +61,11 @@ def slurm_parameters(res: Resources, name: str) -> dict:
     for key in ("partition", "account", "qos", "dependency"):
         if getattr(res, key):
             p[key] = getattr(res, key)
+    # A requeued job starts again under the same id, so it writes the same log files.
+    # Append (not truncate) keeps what the earlier attempts wrote; sbatch exports it to
+    # the job as SLURM_OPEN_MODE, so the srun inside follows it too. Pinned here rather
+    # than left to the submitit version or the site's default.
+    p["additional_parameters"] = {"open-mode": "append"}
     return p
 
 

@@ -3,12 +3,14 @@ slurmdbd + MariaDB, two slurmd; started by `make test` via cluster.sh)."""
 
 import os
 import re
+import subprocess
 import time
 
 import pytest
 import torch
 
 from conftest import t2v, wait_done
+from jobs.executor import Resources, make_executor
 from test_train import TINY, assert_identical, state
 from pipeline.train import build_config, run
 
@@ -90,3 +92,28 @@ def test_preempted_training_checkpoints_requeues_and_finishes_exactly(slurm, pre
     assert sorted(steps_logged) == list(range(1, steps + 1))  # one run, every step once
     assert c.get_run(run_id).info.status == "FINISHED"
     assert torch.load(run_dir / "generator.pt", weights_only=True)["step"] == steps
+
+
+def test_requeue_keeps_the_first_attempts_log(slurm, tmp_path):
+    """`scontrol requeue` restarts a job under the same id, so into the same log files. Ours
+    append; a control job that opens its logs with truncate (a site default can) loses the
+    first attempt's lines, which shows the check would catch a regression."""
+    cmd = "echo attempt-${SLURM_RESTART_COUNT:-0} out; echo attempt-${SLURM_RESTART_COUNT:-0} err >&2; sleep 4"
+    res = Resources(cpus_per_task=1, mem_gb=0.25, timeout_min=5)
+    ours = make_executor("slurm", tmp_path / "append", res, "t2v-requeue").submit(os.system, cmd)
+    ex = make_executor("slurm", tmp_path / "truncate", res, "t2v-requeue")
+    ex.update_parameters(additional_parameters={"open-mode": "truncate"})
+    control = ex.submit(os.system, cmd)
+    assert "#SBATCH --open-mode=append" in ours.paths.submission_file.read_text()
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+            j.paths.stderr.exists() and "attempt-0" in j.paths.stderr.read_text() for j in (ours, control)):
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "requeue", f"{ours.job_id},{control.job_id}"], check=True)
+    for j in (ours, control):
+        assert [r["state"] for r in wait_done(j.job_id)] == ["REQUEUED", "COMPLETED"]
+    for path in (ours.paths.stdout, ours.paths.stderr):
+        text = path.read_text()
+        assert "attempt-0" in text and "attempt-1" in text and text.index("attempt-0") < text.index("attempt-1")
+    assert "DUE TO JOB REQUEUE" in ours.paths.stderr.read_text()  # SLURM's own note, kept in between
+    assert "attempt-0" not in control.paths.stderr.read_text() and "attempt-1" in control.paths.stderr.read_text()
