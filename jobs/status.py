@@ -9,7 +9,6 @@ and why and prints the one command that resubmits only what is missing.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,16 +34,13 @@ def _squeue_reason(job: str) -> str:
     return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
 
 
-_EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
-
-
 def _last_error(log_dir: Path, job_id: str) -> str:
     """The task's exception line (e.g. "UserError: ..."), else its last error-ish line."""
+    from jobs.executor import exception_line
+
     for p in sorted(log_dir.glob(f"{job_id}_*_log.err")):
-        lines = [line.strip() for line in p.read_text(errors="replace").splitlines() if line.strip()]
-        errs = [line for line in lines if _EXC.match(line)] or [line for line in lines if "error" in line.lower()]
-        if errs:
-            return f"{errs[-1][:240]} ({p})"
+        if line := exception_line(p):
+            return f"{line} ({p})"
     return ""
 
 
