@@ -6,20 +6,23 @@ array on ``slurm``, as at most ``array_parallelism`` concurrent subprocesses on
 in-process on ``debug`` (pdb opens on failure). It waits with a progress bar
 and returns one ``Outcome`` per item; a failed task never stops the others.
 On SLURM the wait costs one batched ``sacct`` call per poll interval, however
-many tasks, and the interval backs off while nothing needs it (``watch``).
+many tasks, and the interval backs off while nothing needs it (``watch``); more
+items than the cluster's ``MaxArraySize`` go as several arrays (``array_parts``).
 ``sbatch_script`` renders exactly what a SLURM submission would send, for
 ``--dry-run``, without needing SLURM installed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -73,11 +76,59 @@ def slurm_parameters(res: Resources, name: str) -> dict:
     return p
 
 
+@functools.lru_cache(maxsize=None)
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (array indices 0..N-1 are allowed, so N tasks per array), from
+    `scontrol show config`; None where there is no scontrol to ask (e.g. --dry-run on a laptop)."""
+    if not shutil.which("scontrol"):
+        return None
+    r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", r.stdout, re.M)
+    return int(m[1]) if r.returncode == 0 and m else None
+
+
+@dataclass(frozen=True)
+class ArrayPart:
+    start: int               # items[start:stop] go in this array, as its tasks 0..stop-start-1
+    stop: int
+    throttle: int            # its %N
+    after: Optional[int]     # index of the part it waits for (afterany), to keep the total throttle
+
+
+def array_parts(n: int, max_size: Optional[int], parallelism: int) -> list[ArrayPart]:
+    """Split n tasks into arrays the cluster accepts (at most max_size tasks each) while at most
+    `parallelism` run in all. The parts run side by side in min(parallelism, parts) lanes that
+    share the throttle; a part waits for the one before it in its lane. One part if n fits."""
+    size = max(1, min(n, max_size or n))
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    lanes = max(1, min(parallelism, len(bounds)))
+    return [ArrayPart(a, b, parallelism // lanes + (j % lanes < parallelism % lanes),
+                      j - lanes if j >= lanes else None) for j, (a, b) in enumerate(bounds)]
+
+
+def _part_resources(res: Resources, part: ArrayPart, ids: Sequence[str]) -> Resources:
+    deps = [d for d in (res.dependency, f"afterany:{ids[part.after]}" if part.after is not None else None) if d]
+    return replace(res, array_parallelism=part.throttle, dependency=",".join(deps) or None)
+
+
+def split_note(n: int, res: Resources) -> str:
+    """A line saying how n tasks will be split, or "" when they go as one array."""
+    parts = array_parts(n, max_array_size(), res.array_parallelism)
+    if len(parts) == 1:
+        return ""
+    return (f"{n} tasks are more than one array may hold here (MaxArraySize {max_array_size()}): "
+            f"{len(parts)} arrays, at most {res.array_parallelism} tasks running in all")
+
+
 def sbatch_script(folder, res: Resources, name: str, array_size: int | None = None) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself renders
+    """The sbatch script of the (first) array, as SlurmExecutor renders it."""
+    from submitit.slurm.slurm import _make_sbatch_string
 
     folder = Path(folder).absolute()
     cmd = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    if array_size:
+        first = array_parts(array_size, max_array_size(), res.array_parallelism)[0]
+        res, array_size = _part_resources(res, first, []), first.stop - first.start
     return _make_sbatch_string(command=cmd, folder=folder, map_count=array_size,
                                **slurm_parameters(res, name))
 
@@ -239,7 +290,7 @@ def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resourc
     items = list(items)
     if not items:
         return []
-    ex = make_executor(kind, folder, res, name)
+    ex = make_executor(kind, folder, res, name) if kind != "slurm" else None
     bar = tqdm(total=len(items), desc=desc, unit="task", disable=not wait)
     if kind == "debug":
         outs = []
@@ -249,9 +300,16 @@ def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resourc
         bar.close()
         return outs
     if kind == "slurm":
-        jobs = ex.map_array(fn, items)
-        print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {folder}",
-              file=sys.stderr)
+        # Several arrays where the cluster's MaxArraySize demands it, else sbatch refuses the
+        # whole submission ("Invalid job array specification").
+        if note := split_note(len(items), res):
+            print(note, file=sys.stderr)
+        jobs, ids = [], []
+        for part in array_parts(len(items), max_array_size(), res.array_parallelism):
+            part_ex = make_executor(kind, folder, _part_resources(res, part, ids), name)
+            jobs += part_ex.map_array(fn, items[part.start:part.stop])
+            ids.append(jobs[-1].job_id.split("_")[0])
+            print(f"submitted array {ids[-1]} ({part.stop - part.start} tasks); logs in {folder}", file=sys.stderr)
         if not wait:
             return [Outcome(it, str(j.job_id), True, result=None) for it, j in zip(items, jobs)]
         outs = watch(list(zip(items, jobs)), bar, poll_s=poll_s)

@@ -1,7 +1,7 @@
 """`t2v status`: where an experiment stands, from its outputs and from `sacct`.
 
 ``t2v submit`` appends every submission to ``OUT/submissions.json`` (stage ->
-job id). Status reads that, asks ``sacct`` (all attempts, array tasks
+job ids: several where a big frames array was split). Status reads that, asks ``sacct`` (all attempts, array tasks
 included) and looks at what each stage left on disk, then names what failed
 and why and prints the one command that resubmits only what is missing.
 """
@@ -118,15 +118,16 @@ def status(target) -> int:
     for stage in [s for s in STAGES if s in spec["stages"]]:
         done, what = _done(stage, out, spec)
         sub = latest.get(stage)
+        jobs = (sub.get("jobs") or ([sub["job"]] if sub.get("job") else [])) if sub else []
         line = f"  {stage:7s} {'done' if done else 'not done':9s} {what}"
-        if sub and sub.get("job"):
-            rows = _sacct(sub["job"])
+        if jobs:
+            rows = _sacct(",".join(jobs))
             last = {r["id"]: r for r in rows}  # newest attempt per job/array task
             states: dict[str, int] = {}
             for r in last.values():
                 states[r["state"].split()[0]] = states.get(r["state"].split()[0], 0) + 1
             requeued = sum(r["state"] == "REQUEUED" for r in rows)
-            line += f"; job {sub['job']} ({sub['executor']}): " + (
+            line += f"; job{'s' if len(jobs) > 1 else ''} {','.join(jobs)} ({sub['executor']}): " + (
                 ", ".join(f"{k}={v}" for k, v in sorted(states.items())) or "no sacct record yet")
             if requeued:
                 line += f", requeued {requeued}x"

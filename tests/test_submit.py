@@ -14,11 +14,11 @@ from test_train import TINY
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def spec_for(toy, tmp_path, **train):
+def spec_for(toy, tmp_path, shard_size=16, **train):
     spec = yaml.safe_load((ROOT / "jobs/toy.yaml").read_text())
     spec["vars"] = {"DATA": str(toy)}
     spec["out"] = str(tmp_path / "exp")
-    spec["stages"]["frames"]["shard_size"] = 16
+    spec["stages"]["frames"]["shard_size"] = shard_size
     spec["stages"]["vocab"]["epoch"] = 5
     spec["stages"]["train"] = {"preset": "debug_cpu", "max_steps": 3, "set": TINY, **train}
     spec["tracking"] = {"experiment": "submit-test", "uri": f"sqlite:///{tmp_path}/mlruns/mlflow.db"}
@@ -50,10 +50,13 @@ def test_local_chain_runs_in_order(toy, tmp_path):
 
 @pytest.mark.slurm
 def test_slurm_chain_frames_vocab_train(slurm, toy, tmp_path):
-    r = t2v("submit", spec_for(toy, tmp_path), "--executor", "slurm")
+    """10 shards: two frames arrays under the test cluster's MaxArraySize of 8; vocab waits for both."""
+    r = t2v("submit", spec_for(toy, tmp_path, shard_size=4), "--executor", "slurm")
     train_job = re.search(r"train job (\d+)", r.stdout)[1]
-    frames_job = re.search(r"frames job (\d+)", r.stdout)[1]
+    frames_job = re.search(r"frames jobs (\d+,\d+)\n", r.stdout)[1]
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+    vocab_script = next((tmp_path / "exp/logs/vocab").glob(f"{vocab_job}_submission.sh")).read_text()
+    assert f"#SBATCH --dependency=afterok:{frames_job.replace(',', ':')}" in vocab_script
     deadline = time.time() + 300
     while time.time() < deadline:
         rows = sacct(train_job)
@@ -61,7 +64,10 @@ def test_slurm_chain_frames_vocab_train(slurm, toy, tmp_path):
             break
         time.sleep(2)
     assert rows[-1]["state"] == "COMPLETED", (rows, sacct(frames_job), sacct(vocab_job))
+    assert len(sacct(frames_job)) == 10
     assert all(row["state"] == "COMPLETED" for row in sacct(frames_job) + sacct(vocab_job))
+    s = t2v("status", tmp_path / "exp.yaml").stdout  # both arrays' tasks counted
+    assert re.search(rf"frames\s+done .*jobs {frames_job} \(slurm\): COMPLETED=10", s), s
     run_id = (tmp_path / "exp/run/mlflow_run_id").read_text().strip()
     c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
