@@ -73,6 +73,12 @@ def slurm_parameters(res: Resources, name: str) -> dict:
     # the job as SLURM_OPEN_MODE, so the srun inside follows it too. Pinned here rather
     # than left to the submitit version or the site's default.
     p["additional_parameters"] = {"open-mode": "append"}
+    if res.dependency:
+        # afterok is never met by a FAILED, TIMEOUT or CANCELLED upstream job; without this
+        # the job would sit PENDING (DependencyNeverSatisfied) for ever. The per-job flag
+        # needs nothing in slurm.conf (DependencyParameters=kill_invalid_depend would do it
+        # cluster-wide).
+        p["additional_parameters"]["kill-on-invalid-dep"] = "yes"
     return p
 
 

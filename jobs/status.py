@@ -3,7 +3,8 @@
 ``t2v submit`` appends every submission to ``OUT/submissions.json`` (stage ->
 job ids: several where a big frames array was split). Status reads that, asks ``sacct`` (all attempts, array tasks
 included) and looks at what each stage left on disk, then names what failed
-and why and prints the one command that resubmits only what is missing.
+and why (for a later stage cancelled or stuck behind it: which upstream task)
+and prints the one command that resubmits only what is missing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 
+SHOW_FAILED = 5  # failed tasks listed per stage; a 1000-task array that failed needs a few, not all
 FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 
@@ -25,6 +27,10 @@ def _sacct(job: str) -> list[dict]:
                         "-o", "JobID,State,ExitCode,NodeList,Reason"], capture_output=True, text=True)
     keys = ("id", "state", "exit", "nodes", "reason")
     return [dict(zip(keys, line.split("|"))) for line in r.stdout.splitlines() if line]
+
+
+def _ran(row: dict) -> bool:
+    return bool(row["nodes"]) and row["nodes"] != "None assigned"
 
 
 def _squeue_reason(job: str) -> str:
@@ -114,6 +120,7 @@ def status(target) -> int:
     subs = json.loads((out / "submissions.json").read_text()) if (out / "submissions.json").exists() else []
     latest = {s["stage"]: s for s in subs}
     first_bad = None
+    cause = ""  # the first failed task upstream: what a cancelled or stuck later stage waited on
     print(f"experiment {spec['name']} ({out})")
     for stage in [s for s in STAGES if s in spec["stages"]]:
         done, what = _done(stage, out, spec)
@@ -132,12 +139,28 @@ def status(target) -> int:
             if requeued:
                 line += f", requeued {requeued}x"
             print(line)
+            failed = []
             for r in last.values():
-                if r["state"].split()[0] in FAILED:
+                state = r["state"].split()[0]
+                if state == "CANCELLED" and not _ran(r) and (cause or r["reason"].startswith("Dependency")):
+                    # --kill-on-invalid-dep: SLURM cancelled it once its afterok could never be met
+                    # (sacct keeps the reason only sometimes; the upstream failure says it all).
+                    print(f"      {r['id']} CANCELLED before it started: "
+                          + (f"its dependency failed: {cause}" if cause else "while waiting on its dependency"))
+                elif state in FAILED:
                     why = _last_error(out / "logs" / stage, r["id"]) or f"exit code {r['exit']}"
-                    print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
-                elif r["state"] == "PENDING":
-                    print(f"      {r['id']} PENDING: {_squeue_reason(r['id']) or r['reason']}")
+                    if len(failed) < SHOW_FAILED:
+                        print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
+                    failed.append(f"{r['id']} {state}: {why}")
+                elif state == "PENDING":
+                    reason = _squeue_reason(r["id"]) or r["reason"]
+                    stuck = reason == "DependencyNeverSatisfied" and cause
+                    print(f"      {r['id']} PENDING: {reason}"
+                          + (f" (it never will run: {cause}; scancel {r['id']})" if stuck else ""))
+            if len(failed) > SHOW_FAILED:
+                print(f"      ... and {len(failed) - SHOW_FAILED} more failed task(s), logs in {out / 'logs' / stage}")
+            if failed and not cause:
+                cause = f"{stage} task {failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
         else:
             print(line + "; not submitted")
         if not done and first_bad is None:

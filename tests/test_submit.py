@@ -1,6 +1,7 @@
 """`t2v submit`: experiment specs run in order locally and chained on SLURM."""
 
 import re
+import shutil
 import subprocess
 import time
 
@@ -31,6 +32,7 @@ def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = t2v("submit", ROOT / "jobs/toy.yaml", "--executor", "slurm", "--dry-run")
     assert r.stdout.count("#!/bin/bash") == 3 and "--dependency='afterok:<frames job id>'" in r.stdout
+    assert r.stdout.count("#SBATCH --kill-on-invalid-dep=yes") == 2  # vocab and train: never stuck behind a failure
     assert "frames\n  -> vocab after frames\n  -> train after vocab" in r.stdout
     r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run", check=False,
             env={"PATH": "/usr/bin:/bin"})
@@ -87,18 +89,68 @@ def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path)
     r = t2v("submit", spec, "--executor", "slurm")
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
     train_job = re.search(r"train job (\d+)", r.stdout)[1]
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(row["state"] == "FAILED" for row in sacct(vocab_job)):
-        time.sleep(1)
-    s = t2v("status", spec, check=False)
     try:
+        assert wait_ended(train_job)["state"].startswith("CANCELLED")  # not PENDING for ever
+        s = t2v("status", spec, check=False)
         assert s.returncode == 1
         assert re.search(r"frames\s+done .*COMPLETED=", s.stdout), s.stdout
         assert f"{vocab_job} FAILED" in s.stdout and "neither a fastText .bin model nor a .vec" in s.stdout
-        assert re.search(rf"{train_job} PENDING: .*Dependency", s.stdout), s.stdout
+        assert re.search(rf"{train_job} CANCELLED before it started: its dependency failed: "
+                         rf"vocab task {vocab_job} FAILED: .*neither a fastText", s.stdout), s.stdout
         assert f"t2v submit {spec} --executor slurm --stages vocab,train" in s.stdout
     finally:
         subprocess.run(["scancel", train_job])
+
+
+def wait_ended(job: str, timeout: float = 180) -> dict:
+    """The job's newest sacct row once it has ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = sacct(job)
+        if rows and rows[-1]["state"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            return rows[-1]
+        time.sleep(1)
+    raise AssertionError(f"job {job} still not ended after {timeout}s: {sacct(job)}")
+
+
+@pytest.mark.slurm
+def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm, toy, tmp_path):
+    """afterok is never met once a frames task has failed. With --kill-on-invalid-dep=yes SLURM
+    cancels vocab, then train, at once instead of leaving them PENDING (DependencyNeverSatisfied)
+    for ever. To make frames fail inside its jobs: a blocker holds both nodes while the chain is
+    submitted, the videos dir is removed, then the blocker goes."""
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    spec = spec_for(data, tmp_path, shard_size=4)  # 10 shards: two arrays
+    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-J", "t2v-blocker", "-o", "/dev/null",
+                              "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        while not subprocess.run(["squeue", "-h", "-j", blocker, "-t", "R"], capture_output=True, text=True).stdout:
+            time.sleep(0.2)
+        r = t2v("submit", spec, "--executor", "slurm")
+        frames_jobs = re.search(r"frames jobs (\d+),(\d+)\n", r.stdout).groups()
+        vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+        train_job = re.search(r"train job (\d+)", r.stdout)[1]
+        shutil.rmtree(data / "videos")
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    t0 = time.time()
+    for job in (vocab_job, train_job):
+        row = wait_ended(job)
+        assert row["state"].startswith("CANCELLED") and row["nodes"] == "None assigned", row  # never ran
+    frames_rows = wait_done(",".join(frames_jobs), 10)  # the first failed task already cancelled vocab
+    assert len(frames_rows) == 10 and {row["state"] for row in frames_rows} == {"FAILED"}, frames_rows
+    s = t2v("status", spec, check=False)
+    assert s.returncode == 1
+    assert re.search(rf"frames\s+not done .*jobs {','.join(frames_jobs)} \(slurm\): FAILED=10", s.stdout), s.stdout
+    assert s.stdout.count("UserError: videos directory not found") == 5 + 2  # first 5 tasks, then the cause
+    assert "... and 5 more failed task(s)" in s.stdout
+    for job in (vocab_job, train_job):
+        assert re.search(rf"{job} CANCELLED before it started: its dependency failed: frames task "
+                         rf"{frames_jobs[0]}_0 FAILED: .*UserError: videos directory not found.* \(and 9 more\)",
+                         s.stdout), s.stdout
+    assert f"t2v submit {spec} --executor slurm --stages frames,vocab,train" in s.stdout
+    print(f"vocab and train cancelled {time.time() - t0:.1f} s after the blocker went")
 
 
 @pytest.mark.slurm
