@@ -30,14 +30,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.executor import Outcome, Resources, _outcome, make_executor, map_tasks  # noqa: E402
+from jobs.executor import (Outcome, Resources, _outcome, _part_resources, array_parts,  # noqa: E402
+                           make_executor, map_tasks, max_array_size)
 
 RES = Resources(cpus_per_task=1, mem_gb=0.25, timeout_min=10)
 
 
 def baseline(fn, items, folder, name, give_up_s: float = 300) -> list[Outcome | None]:
-    """None for a job it still had no outcome for after give_up_s."""
-    jobs = make_executor("slurm", folder, RES, name).map_array(fn, items)
+    """None for a job it still had no outcome for after give_up_s. Submits the same arrays as
+    map_tasks (split by MaxArraySize: one array over it is refused outright)."""
+    jobs, ids = [], []
+    for part in array_parts(len(items), max_array_size(), RES.array_parallelism):
+        ex = make_executor("slurm", folder, _part_resources(RES, part, ids), name)
+        jobs += ex.map_array(fn, items[part.start:part.stop])
+        ids.append(jobs[-1].job_id.split("_")[0])
     pending, outs = dict(enumerate(jobs)), [None] * len(jobs)
     deadline = time.time() + give_up_s
     while pending and time.time() < deadline:

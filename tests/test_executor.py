@@ -3,7 +3,7 @@ The real submissions are in test_slurm.py."""
 
 import pytest
 
-from jobs.executor import ArrayPart, array_parts
+from jobs.executor import ArrayPart, _ended_state, _task_ids, array_parts
 
 
 def running_at_most(parts: list[ArrayPart]) -> int:
@@ -33,3 +33,16 @@ def test_split_shares_the_throttle_and_chains_when_arrays_outnumber_it():
     assert array_parts(19, 8, 2) == [ArrayPart(0, 8, 1, None), ArrayPart(8, 16, 1, None), ArrayPart(16, 19, 1, 0)]
     assert array_parts(19, 8, 64) == [ArrayPart(0, 8, 22, None), ArrayPart(8, 16, 21, None),
                                       ArrayPart(16, 19, 21, None)]
+
+
+def test_sacct_rows_map_to_array_tasks():
+    assert _task_ids("7_3") == ["7_3"] and _task_ids("7") == ["7"]
+    assert _task_ids("7_[4-5%6]") == ["7_4", "7_5"] and _task_ids("7_[1,3-4]") == ["7_1", "7_3", "7_4"]
+
+
+def test_a_task_without_a_row_takes_the_bare_array_rows_end():
+    """SLURM 22.05 sometimes lists a cancelled array's still-pending tasks only as "403" (seen
+    in bench/slurm_wait.py, where submitit's wait then never returned for them)."""
+    states = {"403_0": "CANCELLED", "403_3": "RUNNING", "403": "CANCELLED", "9_0": "PENDING"}
+    assert _ended_state(states, "403_4") == "CANCELLED" and _ended_state(states, "403_0") == "CANCELLED"
+    assert _ended_state(states, "403_3") == "" and _ended_state(states, "9_1") == ""  # not over / unknown
