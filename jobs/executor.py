@@ -5,17 +5,24 @@ array on ``slurm``, as at most ``array_parallelism`` concurrent subprocesses on
 ``local`` (submitit's LocalExecutor would start them all at once), and
 in-process on ``debug`` (pdb opens on failure). It waits with a progress bar
 and returns one ``Outcome`` per item; a failed task never stops the others.
+On SLURM the wait costs one batched ``sacct`` call per poll interval, however
+many tasks, and the interval backs off while nothing needs it (``watch``); more
+items than the cluster's ``MaxArraySize`` go as several arrays (``array_parts``).
 ``sbatch_script`` renders exactly what a SLURM submission would send, for
 ``--dry-run``, without needing SLURM installed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -61,14 +68,73 @@ def slurm_parameters(res: Resources, name: str) -> dict:
     for key in ("partition", "account", "qos", "dependency"):
         if getattr(res, key):
             p[key] = getattr(res, key)
+    # A requeued job starts again under the same id, so it writes the same log files.
+    # Append (not truncate) keeps what the earlier attempts wrote; sbatch exports it to
+    # the job as SLURM_OPEN_MODE, so the srun inside follows it too. Pinned here rather
+    # than left to the submitit version or the site's default.
+    p["additional_parameters"] = {"open-mode": "append"}
+    if res.dependency:
+        # afterok is never met by a FAILED, TIMEOUT or CANCELLED upstream job; without this
+        # the job would sit PENDING (DependencyNeverSatisfied) for ever. The per-job flag
+        # needs nothing in slurm.conf (DependencyParameters=kill_invalid_depend would do it
+        # cluster-wide).
+        p["additional_parameters"]["kill-on-invalid-dep"] = "yes"
     return p
 
 
+@functools.lru_cache(maxsize=None)
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (array indices 0..N-1 are allowed, so N tasks per array), from
+    `scontrol show config`; None where there is no scontrol to ask (e.g. --dry-run on a laptop)."""
+    if not shutil.which("scontrol"):
+        return None
+    r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", r.stdout, re.M)
+    return int(m[1]) if r.returncode == 0 and m else None
+
+
+@dataclass(frozen=True)
+class ArrayPart:
+    start: int               # items[start:stop] go in this array, as its tasks 0..stop-start-1
+    stop: int
+    throttle: int            # its %N
+    after: Optional[int]     # index of the part it waits for (afterany), to keep the total throttle
+
+
+def array_parts(n: int, max_size: Optional[int], parallelism: int) -> list[ArrayPart]:
+    """Split n tasks into arrays the cluster accepts (at most max_size tasks each) while at most
+    `parallelism` run in all. The parts run side by side in min(parallelism, parts) lanes that
+    share the throttle; a part waits for the one before it in its lane. One part if n fits."""
+    size = max(1, min(n, max_size or n))
+    bounds = [(a, min(a + size, n)) for a in range(0, n, size)]
+    lanes = max(1, min(parallelism, len(bounds)))
+    return [ArrayPart(a, b, parallelism // lanes + (j % lanes < parallelism % lanes),
+                      j - lanes if j >= lanes else None) for j, (a, b) in enumerate(bounds)]
+
+
+def _part_resources(res: Resources, part: ArrayPart, ids: Sequence[str]) -> Resources:
+    deps = [d for d in (res.dependency, f"afterany:{ids[part.after]}" if part.after is not None else None) if d]
+    return replace(res, array_parallelism=part.throttle, dependency=",".join(deps) or None)
+
+
+def split_note(n: int, res: Resources) -> str:
+    """A line saying how n tasks will be split, or "" when they go as one array."""
+    parts = array_parts(n, max_array_size(), res.array_parallelism)
+    if len(parts) == 1:
+        return ""
+    return (f"{n} tasks are more than one array may hold here (MaxArraySize {max_array_size()}): "
+            f"{len(parts)} arrays, at most {res.array_parallelism} tasks running in all")
+
+
 def sbatch_script(folder, res: Resources, name: str, array_size: int | None = None) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself renders
+    """The sbatch script of the (first) array, as SlurmExecutor renders it."""
+    from submitit.slurm.slurm import _make_sbatch_string
 
     folder = Path(folder).absolute()
     cmd = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    if array_size:
+        first = array_parts(array_size, max_array_size(), res.array_parallelism)[0]
+        res, array_size = _part_resources(res, first, []), first.stop - first.start
     return _make_sbatch_string(command=cmd, folder=folder, map_count=array_size,
                                **slurm_parameters(res, name))
 
@@ -100,6 +166,119 @@ def _outcome(item, job) -> Outcome:
                        log=str(getattr(job.paths, "stderr", "")))
 
 
+# sacct states after which a job never runs again (PREEMPTED and REQUEUED go back to the queue).
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
+
+
+def _task_ids(jid: str) -> list[str]:
+    """sacct's id for one row -> the task ids it stands for ("7_[3-5,9%2]" -> 7_3 7_4 7_5 7_9)."""
+    m = re.fullmatch(r"(\d+)_\[([\d,-]+)(?:%\d+)?\]", jid)
+    if not m:
+        return [jid]
+    out = []
+    for part in m[2].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m[1]}_{k}" for k in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def sacct_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """The newest state of every job and array task under ``job_ids``, from one sacct call
+    ({} if sacct fails: the caller just asks again later)."""
+    r = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"],
+                       capture_output=True, text=True)
+    states = {}
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        jid, _, state = line.partition("|")
+        for task in _task_ids(jid):
+            states[task] = state.split()[0] if state else ""  # "CANCELLED by 0" -> CANCELLED
+    return states
+
+
+def _ended_state(states: dict[str, str], job_id: str) -> str:
+    """The job's state if sacct says it is over, else "". An array task cancelled while still
+    pending gets no row of its own in SLURM 22.05: the array's bare id ("7", not "7_4") carries
+    the state of all of them, so a task with no row of its own falls back to that."""
+    state = states.get(job_id) or (states.get(job_id.split("_")[0], "") if "_" in job_id else "")
+    return state if state in ENDED else ""
+
+
+def _result_names(job) -> list[str]:
+    from submitit.core.utils import JobPaths
+
+    return [JobPaths(job.paths.folder, job_id=job.job_id, task_id=t).result_pickle.name
+            for t in range(job.num_tasks)]
+
+
+def _listing(folders) -> set[str]:
+    names = set()
+    for folder in folders:
+        try:
+            folder.chmod(folder.stat().st_mode)  # as submitit does: refreshes an NFS client's cached listing
+            names.update(os.listdir(folder))
+        except OSError:
+            pass
+    return names
+
+
+def watch(pairs: Sequence[tuple[Any, Any]], bar=None, poll_s: float = 1.0, max_poll_s: float = 30.0,
+          grace_s: float = 5.0) -> list[Outcome]:
+    """Wait for submitit SLURM jobs (``(item, job)`` pairs) and return their outcomes in order.
+
+    A job that ended with a result has left its result pickle(s): one directory listing per
+    log folder every ``poll_s`` finds those, with no call to the scheduler. Only ``sacct`` can
+    tell that a job ended without one (cancelled, timed out, out of memory, node failure), so
+    it is asked about every job at once, first after ``poll_s``, then at intervals that double
+    up to ``max_poll_s`` while it reports no such end; one resets the interval, since those
+    come in bursts (a bad node, a cancelled array). submitit's own wait polls on its own
+    schedule (up to 10 min apart late in a long job) and then waits 15 s per job without a result.
+    """
+    pending = {i: (item, job, _result_names(job)) for i, (item, job) in enumerate(pairs)}
+    folders = {job.paths.folder for _, job in pairs}
+    ids = sorted({str(job.job_id).split("_")[0] for _, job in pairs}, key=int)
+    outs: list[Outcome | None] = [None] * len(pairs)
+    ended: dict[int, tuple[str, float]] = {}  # sacct says over, no result yet: state, when seen
+    interval, next_sacct = poll_s, time.time() + poll_s
+    while pending:
+        names = _listing(folders)
+        for i, (item, job, results) in list(pending.items()):
+            if all(n in names for n in results):
+                outs[i] = _outcome(item, job)
+            elif i in ended and time.time() - ended[i][1] > grace_s:  # a result may lag on a shared FS
+                log = job.paths.stderr
+                why = exception_line(log) if log.exists() else ""
+                outs[i] = Outcome(item, str(job.job_id), False, log=str(log),
+                                  error=f"ended {ended[i][0]} without a result" + (f": {why}" if why else ""))
+            else:
+                continue
+            del pending[i]
+            if bar is not None:
+                bar.update()
+        if pending and time.time() >= next_sacct:
+            states = sacct_states(ids)
+            names = _listing(folders)  # a job that ended since the listing above is not news
+            news = {i: _ended_state(states, str(job.job_id)) for i, (_, job, results) in pending.items()
+                    if i not in ended and not all(n in names for n in results)}
+            news = {i: state for i, state in news.items() if state}
+            for i, state in news.items():
+                ended[i] = (state, time.time())
+            interval = poll_s if news else min(interval * 2, max_poll_s)
+            next_sacct = time.time() + interval
+        if pending:
+            time.sleep(poll_s)
+    return outs  # type: ignore[return-value]
+
+
+_EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def exception_line(log: Path) -> str:
+    """A task log's exception line (e.g. "UserError: ..."), else its last error-ish line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errs = [line for line in lines if _EXC.match(line)] or [line for line in lines if "error" in line.lower()]
+    return errs[-1][:240] if errs else ""
+
+
 def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True) -> Outcome:
     """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result."""
     ex = make_executor(kind, folder, res, name)
@@ -107,7 +286,7 @@ def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait
     print(f"submitted job {job.job_id} ({kind}); logs in {folder}", file=sys.stderr)
     if not wait:
         return Outcome(None, str(job.job_id), True)
-    return _outcome(None, job)
+    return watch([(None, job)])[0] if kind == "slurm" else _outcome(None, job)
 
 
 def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resources, name: str,
@@ -117,7 +296,7 @@ def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resourc
     items = list(items)
     if not items:
         return []
-    ex = make_executor(kind, folder, res, name)
+    ex = make_executor(kind, folder, res, name) if kind != "slurm" else None
     bar = tqdm(total=len(items), desc=desc, unit="task", disable=not wait)
     if kind == "debug":
         outs = []
@@ -127,23 +306,30 @@ def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resourc
         bar.close()
         return outs
     if kind == "slurm":
-        jobs = ex.map_array(fn, items)
-        print(f"submitted array {jobs[0].job_id.split('_')[0]} ({len(jobs)} tasks); logs in {folder}",
-              file=sys.stderr)
+        # Several arrays where the cluster's MaxArraySize demands it, else sbatch refuses the
+        # whole submission ("Invalid job array specification").
+        if note := split_note(len(items), res):
+            print(note, file=sys.stderr)
+        jobs, ids = [], []
+        for part in array_parts(len(items), max_array_size(), res.array_parallelism):
+            part_ex = make_executor(kind, folder, _part_resources(res, part, ids), name)
+            jobs += part_ex.map_array(fn, items[part.start:part.stop])
+            ids.append(jobs[-1].job_id.split("_")[0])
+            print(f"submitted array {ids[-1]} ({part.stop - part.start} tasks); logs in {folder}", file=sys.stderr)
         if not wait:
             return [Outcome(it, str(j.job_id), True, result=None) for it, j in zip(items, jobs)]
-        pending = dict(enumerate(jobs))
-    else:
-        # Local: a sliding window, so N shards on a 2-core box don't start N decoders.
-        limit = max(1, min(res.array_parallelism, os.cpu_count() or 1))
-        queue, pending, jobs = list(enumerate(items)), {}, [None] * len(items)
+        outs = watch(list(zip(items, jobs)), bar, poll_s=poll_s)
+        bar.close()
+        return outs
+    # Local: a sliding window, so N shards on a 2-core box don't start N decoders.
+    limit = max(1, min(res.array_parallelism, os.cpu_count() or 1))
+    queue, pending = list(enumerate(items)), {}
     outs: list[Outcome | None] = [None] * len(items)
-    while pending or (kind == "local" and queue):
-        if kind == "local":
-            while queue and len(pending) < limit:
-                i, it = queue.pop(0)
-                pending[i] = jobs[i] = ex.submit(fn, it)
-        for i in [i for i, j in pending.items() if j.done()]:
+    while pending or queue:
+        while queue and len(pending) < limit:
+            i, it = queue.pop(0)
+            pending[i] = ex.submit(fn, it)
+        for i in [i for i, j in pending.items() if j.done()]:  # a local job's done() asks its process
             outs[i] = _outcome(items[i], pending.pop(i))
             bar.update()
         time.sleep(poll_s if pending else 0)

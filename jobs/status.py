@@ -1,21 +1,22 @@
 """`t2v status`: where an experiment stands, from its outputs and from `sacct`.
 
 ``t2v submit`` appends every submission to ``OUT/submissions.json`` (stage ->
-job id). Status reads that, asks ``sacct`` (all attempts, array tasks
+job ids: several where a big frames array was split). Status reads that, asks ``sacct`` (all attempts, array tasks
 included) and looks at what each stage left on disk, then names what failed
-and why and prints the one command that resubmits only what is missing.
+and why (for a later stage cancelled or stuck behind it: which upstream task)
+and prints the one command that resubmits only what is missing.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from pipeline.errors import UserError
 
+SHOW_FAILED = 5  # failed tasks listed per stage; a 1000-task array that failed needs a few, not all
 FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 
@@ -28,6 +29,10 @@ def _sacct(job: str) -> list[dict]:
     return [dict(zip(keys, line.split("|"))) for line in r.stdout.splitlines() if line]
 
 
+def _ran(row: dict) -> bool:
+    return bool(row["nodes"]) and row["nodes"] != "None assigned"
+
+
 def _squeue_reason(job: str) -> str:
     if not shutil.which("squeue"):
         return ""
@@ -35,16 +40,13 @@ def _squeue_reason(job: str) -> str:
     return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
 
 
-_EXC = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
-
-
 def _last_error(log_dir: Path, job_id: str) -> str:
     """The task's exception line (e.g. "UserError: ..."), else its last error-ish line."""
+    from jobs.executor import exception_line
+
     for p in sorted(log_dir.glob(f"{job_id}_*_log.err")):
-        lines = [line.strip() for line in p.read_text(errors="replace").splitlines() if line.strip()]
-        errs = [line for line in lines if _EXC.match(line)] or [line for line in lines if "error" in line.lower()]
-        if errs:
-            return f"{errs[-1][:240]} ({p})"
+        if line := exception_line(p):
+            return f"{line} ({p})"
     return ""
 
 
@@ -124,29 +126,47 @@ def status(target) -> int:
     subs = json.loads((out / "submissions.json").read_text()) if (out / "submissions.json").exists() else []
     latest = {s["stage"]: s for s in subs}
     first_bad = None
+    cause = ""  # the first failed task upstream: what a cancelled or stuck later stage waited on
     print(f"experiment {spec['name']} ({out})")
     for stage in [s for s in STAGES if s in spec["stages"]]:
         done, what = _done(stage, out, spec)
         sub = latest.get(stage)
+        jobs = (sub.get("jobs") or ([sub["job"]] if sub.get("job") else [])) if sub else []
         line = f"  {stage:7s} {'done' if done else 'not done':9s} {what}"
-        if sub and sub.get("job"):
-            rows = _sacct(sub["job"])
+        if jobs:
+            rows = _sacct(",".join(jobs))
             last = {r["id"]: r for r in rows}  # newest attempt per job/array task
             states: dict[str, int] = {}
             for r in last.values():
                 states[r["state"].split()[0]] = states.get(r["state"].split()[0], 0) + 1
             requeued = sum(r["state"] == "REQUEUED" for r in rows)
-            line += f"; job {sub['job']} ({sub['executor']}): " + (
+            line += f"; job{'s' if len(jobs) > 1 else ''} {','.join(jobs)} ({sub['executor']}): " + (
                 ", ".join(f"{k}={v}" for k, v in sorted(states.items())) or "no sacct record yet")
             if requeued:
                 line += f", requeued {requeued}x"
             print(line)
+            failed = []
             for r in last.values():
-                if r["state"].split()[0] in FAILED:
+                state = r["state"].split()[0]
+                if state == "CANCELLED" and not _ran(r) and (cause or r["reason"].startswith("Dependency")):
+                    # --kill-on-invalid-dep: SLURM cancelled it once its afterok could never be met
+                    # (sacct keeps the reason only sometimes; the upstream failure says it all).
+                    print(f"      {r['id']} CANCELLED before it started: "
+                          + (f"its dependency failed: {cause}" if cause else "while waiting on its dependency"))
+                elif state in FAILED:
                     why = _last_error(out / "logs" / stage, r["id"]) or f"exit code {r['exit']}"
-                    print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
-                elif r["state"] == "PENDING":
-                    print(f"      {r['id']} PENDING: {_squeue_reason(r['id']) or r['reason']}")
+                    if len(failed) < SHOW_FAILED:
+                        print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
+                    failed.append(f"{r['id']} {state}: {why}")
+                elif state == "PENDING":
+                    reason = _squeue_reason(r["id"]) or r["reason"]
+                    stuck = reason == "DependencyNeverSatisfied" and cause
+                    print(f"      {r['id']} PENDING: {reason}"
+                          + (f" (it never will run: {cause}; scancel {r['id']})" if stuck else ""))
+            if len(failed) > SHOW_FAILED:
+                print(f"      ... and {len(failed) - SHOW_FAILED} more failed task(s), logs in {out / 'logs' / stage}")
+            if failed and not cause:
+                cause = f"{stage} task {failed[0]}" + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else "")
         else:
             print(line + "; not submitted")
         if not done and first_bad is None:

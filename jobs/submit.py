@@ -68,7 +68,7 @@ def _record(out: Path, entry: dict) -> None:
 
 
 def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = False) -> int:
-    from jobs.executor import map_tasks, run_job, sbatch_script
+    from jobs.executor import map_tasks, run_job, sbatch_script, split_note
     from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
     from pipeline import frames, train
     from pipeline.frames import FramesConfig
@@ -115,6 +115,8 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
             graph.append(f"{stage}" + (f" [array of {n}]" if n else "") + (f" after {graph[-1].split()[0]}" if graph else ""))
             if kind == "slurm":
                 print(f"\n# ---- {stage} ----")
+                if stage == "frames" and n and (note := split_note(n, res)):
+                    print(f"# {note}; the first:")
                 print(sbatch_script(logs, res, name, array_size=n if stage == "frames" else None))
             dep = f"afterok:<{stage} job id>"
             continue
@@ -129,7 +131,10 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
                 return 1
             if wait:
                 frames.ensure_manifest(fcfg, frames.plan(fcfg, verify=False))
-            job = outs[0].job_id.split("_")[0] if outs else None
+            # On SLURM, several arrays where MaxArraySize split it (afterok on all of them);
+            # locally one process per shard, of which the first names the stage as before.
+            jobs = sorted({o.job_id.split("_")[0] for o in outs}, key=int) if kind == "slurm" else \
+                [o.job_id for o in outs[:1]]
         else:
             task = {"vocab": VocabTask(vcfg), "train": TrainTask(tcfg), "evaluate": EvaluateTask(ecfg)}[stage]
             if stage == "train" and wait:
@@ -138,10 +143,11 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
             if not o.ok:
                 print(f"{stage} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
                 return 1
-            job = o.job_id
-        graph.append(f"{stage}" + (f" job {job}" if job else " (nothing to do)"))
-        _record(out, {"stage": stage, "job": job, "executor": kind, "spec": str(Path(spec_path).absolute()),
+            jobs = [o.job_id]
+        graph.append(f"{stage} job{'s' if len(jobs) > 1 else ''} {','.join(jobs)}" if jobs else
+                     f"{stage} (nothing to do)")
+        _record(out, {"stage": stage, "jobs": jobs, "executor": kind, "spec": str(Path(spec_path).absolute()),
                       "time": time.time()})
-        dep = f"afterok:{job}" if job else dep
+        dep = "afterok:" + ":".join(jobs) if jobs else dep
     print("\ndependency graph:\n  " + "\n  -> ".join(graph))
     return 0

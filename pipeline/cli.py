@@ -240,7 +240,7 @@ def frames_config(a):
 
 
 def run_frames(cfg, a) -> int:
-    from jobs.executor import map_tasks, sbatch_script
+    from jobs.executor import map_tasks, sbatch_script, split_note
     from jobs.tasks import FramesTask
 
     from . import frames
@@ -254,6 +254,8 @@ def run_frames(cfg, a) -> int:
         if p.todo:
             print(f"would run shards {p.todo} on the {a.executor} executor")
         if a.executor == "slurm":
+            if note := split_note(len(p.todo), res):
+                print(note + "; the first:")
             print(sbatch_script(logs, res, "t2v-frames", array_size=len(p.todo)))
         return 0
     outs = map_tasks(FramesTask(cfg), p.todo, kind=a.executor, folder=logs, res=res,
@@ -411,7 +413,7 @@ def run_sweep(base, a) -> int:
     """All points of a sweep as one array, grouped under one MLflow parent run."""
     from dataclasses import replace
 
-    from jobs.executor import map_tasks, sbatch_script
+    from jobs.executor import map_tasks, sbatch_script, split_note
     from jobs.tasks import TrainTask
 
     from . import train
@@ -425,6 +427,8 @@ def run_sweep(base, a) -> int:
     res = _resources(a)
     if a.dry_run:
         if a.executor == "slurm":
+            if note := split_note(len(points), res):
+                print(note + "; the first:")
             print(sbatch_script(logs, res, "t2v-sweep", array_size=len(points)))
         return 0
     parent = _parent_run(base, name)

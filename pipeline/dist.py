@@ -2,7 +2,9 @@
 
 ``init()`` reads submitit's job environment first (SLURM or local executor
 tasks), then torchrun's variables, else runs as a single process; it picks
-``nccl`` on CUDA and ``gloo`` on CPU. Gradients are averaged by hand with one
+``nccl`` on CUDA and ``gloo`` on CPU. Under SLURM the rendezvous is the first
+host of the job's node list, on a port derived from the job id; a job whose
+node list can't be read stops with a clear error instead of waiting for ever. Gradients are averaged by hand with one
 flattened all-reduce (as StyleGAN does) rather than through DDP, because GAN
 steps run several forwards and a double backward (the gradient penalty)
 before each optimizer step.
@@ -11,6 +13,7 @@ before each optimizer step.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +35,69 @@ class Env:
 _ENV = Env()
 
 
+class RendezvousError(RuntimeError):
+    """The ranks of a job can't know where to meet."""
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list -> host names in order, as `scontrol show hostnames`
+    prints them: "n[1-2],gpu[08-10]" -> n1 n2 gpu08 gpu09 gpu10 (zero padding kept)."""
+    groups, depth, cur = [], 0, ""
+    for ch in nodelist.strip():  # split on the commas outside brackets
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if depth not in (0, 1):
+            raise ValueError(f"unbalanced brackets in node list {nodelist!r}")
+        if ch == "," and depth == 0:
+            groups.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth or not (groups or cur):
+        raise ValueError(f"can't read node list {nodelist!r}")
+    return [host for group in groups + [cur] for host in _expand_group(group, nodelist)]
+
+
+def _expand_group(group: str, whole: str) -> list[str]:
+    m = re.fullmatch(r"([^\[\],]*)\[([^\[\]]+)\](.*)", group)
+    if not m:
+        if not group or "[" in group or "]" in group:
+            raise ValueError(f"can't read node list {whole!r}")
+        return [group]
+    head, ranges, tail = m.groups()
+    out = []
+    for part in ranges.split(","):
+        lo, dash, hi = part.partition("-")
+        hi = hi if dash else lo
+        if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+            raise ValueError(f"bad range {part!r} in node list {whole!r}")
+        for k in range(int(lo), int(hi) + 1):
+            out += [f"{head}{k:0{len(lo)}d}{rest}" for rest in _expand_group(tail, whole)] if tail else \
+                [f"{head}{k:0{len(lo)}d}"]
+    return out
+
+
+def master_port(job_id) -> int:
+    """20000-29999 from the (numeric) job id: every rank computes the same port without
+    talking, jobs sharing a node rarely collide, and it stays below Linux's ephemeral range
+    (32768-60999 by default), where an outgoing connection could already hold it."""
+    return 20000 + int(job_id) % 10000
+
+
+def slurm_master_addr(env=os.environ) -> str:
+    """The first host of the job's node list: where rank 0 runs (the batch step's node)."""
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
+    if not nodelist.strip():
+        raise RendezvousError(
+            f"SLURM job {env.get('SLURM_JOB_ID', '?')} has {env.get('SLURM_NTASKS', '?')} tasks but no "
+            "SLURM_JOB_NODELIST, so the ranks can't know where rank 0 listens. Not falling back to "
+            "localhost: ranks on other nodes would wait for it for ever. Launch the tasks with srun "
+            "inside the allocation (submitit does), or set MASTER_ADDR and run under torchrun.")
+    try:
+        return expand_nodelist(nodelist)[0]
+    except ValueError as e:
+        raise RendezvousError(f"SLURM job {env.get('SLURM_JOB_ID', '?')}: {e}") from None
+
+
 def _submitit_env() -> dict | None:
     try:
         import submitit
@@ -41,10 +107,16 @@ def _submitit_env() -> dict | None:
         return None
     if job.num_tasks <= 1:
         return {"rank": 0, "world": 1, "local_rank": 0}
-    d = submitit.helpers.TorchDistributedEnvironment()  # master address from the job's first host
-    os.environ.setdefault("MASTER_ADDR", d.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(d.master_port))
-    return {"rank": d.rank, "world": d.world_size, "local_rank": d.local_rank}
+    # Set, not setdefault: sbatch copies the submitting shell's environment into the job,
+    # so a MASTER_ADDR found here may well name some other machine. SLURM_JOB_ID, not
+    # submitit's "ARRAY_TASK" id: each array task (a sweep point) gets its own port.
+    if job.name() == "slurm":
+        os.environ["MASTER_ADDR"] = slurm_master_addr()
+        os.environ["MASTER_PORT"] = str(master_port(os.environ["SLURM_JOB_ID"]))
+    else:  # submitit's local executor: every task on this machine
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(master_port(job.job_id))
+    return {"rank": job.global_rank, "world": job.num_tasks, "local_rank": job.local_rank}
 
 
 def init(device: str = "auto") -> Env:

@@ -177,5 +177,5 @@ def test_dry_run_prints_the_sbatch_array(toy, tmp_path):
                "--array-parallelism", "2")
     assert "4 to do" in r.stdout
     assert "#SBATCH --array=0-3%2" in r.stdout and "#SBATCH --partition=cpu" in r.stdout
-    assert "submitit.core._submit" in r.stdout
+    assert "submitit.core._submit" in r.stdout and "#SBATCH --open-mode=append" in r.stdout
     assert not out.exists()  # a dry run touches nothing

@@ -1,6 +1,7 @@
 """`t2v submit`: experiment specs run in order locally and chained on SLURM."""
 
 import re
+import shutil
 import subprocess
 import time
 
@@ -14,11 +15,11 @@ from test_train import TINY
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
-def spec_for(toy, tmp_path, **train):
+def spec_for(toy, tmp_path, shard_size=16, **train):
     spec = yaml.safe_load((ROOT / "jobs/toy.yaml").read_text())
     spec["vars"] = {"DATA": str(toy)}
     spec["out"] = str(tmp_path / "exp")
-    spec["stages"]["frames"]["shard_size"] = 16
+    spec["stages"]["frames"]["shard_size"] = shard_size
     spec["stages"]["vocab"]["epoch"] = 5
     spec["stages"]["train"] = {"preset": "debug_cpu", "max_steps": 3, "set": TINY, **train}
     spec["stages"]["evaluate"] = {"samples": 2, "steps": 40, "min_clips": 1}
@@ -32,6 +33,7 @@ def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = t2v("submit", ROOT / "jobs/toy.yaml", "--executor", "slurm", "--dry-run")
     assert r.stdout.count("#!/bin/bash") == 4 and "--dependency='afterok:<frames job id>'" in r.stdout
+    assert r.stdout.count("#SBATCH --kill-on-invalid-dep=yes") == 3  # never stuck behind a failure
     assert "frames\n  -> vocab after frames\n  -> train after vocab\n  -> evaluate after train" in r.stdout
     r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run", check=False,
             env={"PATH": "/usr/bin:/bin"})
@@ -52,10 +54,13 @@ def test_local_chain_runs_in_order(toy, tmp_path):
 
 @pytest.mark.slurm
 def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
-    r = t2v("submit", spec_for(toy, tmp_path), "--executor", "slurm")
+    """10 shards: two frames arrays under the test cluster's MaxArraySize of 8; vocab waits for both."""
+    r = t2v("submit", spec_for(toy, tmp_path, shard_size=4), "--executor", "slurm")
     last_job = re.search(r"evaluate job (\d+)", r.stdout)[1]  # the chain's end
-    frames_job = re.search(r"frames job (\d+)", r.stdout)[1]
+    frames_job = re.search(r"frames jobs (\d+,\d+)\n", r.stdout)[1]
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+    vocab_script = next((tmp_path / "exp/logs/vocab").glob(f"{vocab_job}_submission.sh")).read_text()
+    assert f"#SBATCH --dependency=afterok:{frames_job.replace(',', ':')}" in vocab_script
     deadline = time.time() + 300
     while time.time() < deadline:
         rows = sacct(last_job)
@@ -63,7 +68,10 @@ def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
             break
         time.sleep(2)
     assert rows[-1]["state"] == "COMPLETED", (rows, sacct(frames_job), sacct(vocab_job))
+    assert len(sacct(frames_job)) == 10
     assert all(row["state"] == "COMPLETED" for row in sacct(frames_job) + sacct(vocab_job))
+    s = t2v("status", tmp_path / "exp.yaml").stdout  # both arrays' tasks counted
+    assert re.search(rf"frames\s+done .*jobs {frames_job} \(slurm\): COMPLETED=10", s), s
     run_id = (tmp_path / "exp/run/mlflow_run_id").read_text().strip()
     c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
@@ -86,18 +94,68 @@ def test_status_names_the_failure_and_the_resubmit_command(slurm, toy, tmp_path)
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
     train_job = re.search(r"train job (\d+)", r.stdout)[1]
     eval_job = re.search(r"evaluate job (\d+)", r.stdout)[1]
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(row["state"] == "FAILED" for row in sacct(vocab_job)):
-        time.sleep(1)
-    s = t2v("status", spec, check=False)
     try:
+        assert wait_ended(train_job)["state"].startswith("CANCELLED")  # not PENDING for ever
+        s = t2v("status", spec, check=False)
         assert s.returncode == 1
         assert re.search(r"frames\s+done .*COMPLETED=", s.stdout), s.stdout
         assert f"{vocab_job} FAILED" in s.stdout and "neither a fastText .bin model nor a .vec" in s.stdout
-        assert re.search(rf"{train_job} PENDING: .*Dependency", s.stdout), s.stdout
+        assert re.search(rf"{train_job} CANCELLED before it started: its dependency failed: "
+                         rf"vocab task {vocab_job} FAILED: .*neither a fastText", s.stdout), s.stdout
         assert f"t2v submit {spec} --executor slurm --stages vocab,train,evaluate" in s.stdout
     finally:
         subprocess.run(["scancel", train_job, eval_job])
+
+
+def wait_ended(job: str, timeout: float = 180) -> dict:
+    """The job's newest sacct row once it has ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = sacct(job)
+        if rows and rows[-1]["state"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
+            return rows[-1]
+        time.sleep(1)
+    raise AssertionError(f"job {job} still not ended after {timeout}s: {sacct(job)}")
+
+
+@pytest.mark.slurm
+def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm, toy, tmp_path):
+    """afterok is never met once a frames task has failed. With --kill-on-invalid-dep=yes SLURM
+    cancels vocab, then train, at once instead of leaving them PENDING (DependencyNeverSatisfied)
+    for ever. To make frames fail inside its jobs: a blocker holds both nodes while the chain is
+    submitted, the videos dir is removed, then the blocker goes."""
+    data = tmp_path / "data"
+    shutil.copytree(toy, data)
+    spec = spec_for(data, tmp_path, shard_size=4)  # 10 shards: two arrays
+    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-J", "t2v-blocker", "-o", "/dev/null",
+                              "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        while not subprocess.run(["squeue", "-h", "-j", blocker, "-t", "R"], capture_output=True, text=True).stdout:
+            time.sleep(0.2)
+        r = t2v("submit", spec, "--executor", "slurm")
+        frames_jobs = re.search(r"frames jobs (\d+),(\d+)\n", r.stdout).groups()
+        vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
+        train_job = re.search(r"train job (\d+)", r.stdout)[1]
+        shutil.rmtree(data / "videos")
+    finally:
+        subprocess.run(["scancel", blocker], check=True)
+    t0 = time.time()
+    for job in (vocab_job, train_job):
+        row = wait_ended(job)
+        assert row["state"].startswith("CANCELLED") and row["nodes"] == "None assigned", row  # never ran
+    frames_rows = wait_done(",".join(frames_jobs), 10)  # the first failed task already cancelled vocab
+    assert len(frames_rows) == 10 and {row["state"] for row in frames_rows} == {"FAILED"}, frames_rows
+    s = t2v("status", spec, check=False)
+    assert s.returncode == 1
+    assert re.search(rf"frames\s+not done .*jobs {','.join(frames_jobs)} \(slurm\): FAILED=10", s.stdout), s.stdout
+    assert s.stdout.count("UserError: videos directory not found") == 5 + 2  # first 5 tasks, then the cause
+    assert "... and 5 more failed task(s)" in s.stdout
+    for job in (vocab_job, train_job):
+        assert re.search(rf"{job} CANCELLED before it started: its dependency failed: frames task "
+                         rf"{frames_jobs[0]}_0 FAILED: .*UserError: videos directory not found.* \(and 9 more\)",
+                         s.stdout), s.stdout
+    assert f"t2v submit {spec} --executor slurm --stages frames,vocab,train,evaluate" in s.stdout
+    print(f"vocab and train cancelled {time.time() - t0:.1f} s after the blocker went")
 
 
 @pytest.mark.slurm

@@ -20,7 +20,9 @@ DBD_PORT=${T2V_SLURMDBD_PORT:-16819}
 DB_PORT=${T2V_MARIADB_PORT:-16306}
 N1_PORT=${T2V_SLURMD1_PORT:-16821}
 N2_PORT=${T2V_SLURMD2_PORT:-16822}
-MAX_ARRAY=${T2V_SLURM_MAX_ARRAY:-1001}
+# Small on purpose: real clusters cap arrays too (often at 1001), and a limit of 8 makes every
+# bigger array in the tests go through the split into several arrays (jobs/executor.py).
+MAX_ARRAY=${T2V_SLURM_MAX_ARRAY:-8}
 HOSTS_TAG="# t2v-slurm"
 MUNGE_SOCKET=/run/munge/munge.socket.2
 CPUS=$(nproc)
