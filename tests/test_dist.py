@@ -1,7 +1,6 @@
 """Distributed start-up under SLURM: where rank 0 listens, on which port, and the error when
 that can't be known. The real two-node path is `test_slurm.py::test_two_node_ddp_over_gloo`."""
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -27,10 +26,9 @@ def test_node_list_expands_like_scontrol(nodelist):
     assert dist.expand_nodelist(nodelist) == FORMS[nodelist]
 
 
-def test_node_list_agrees_with_scontrol_show_hostnames():
-    """The same forms through SLURM's own parser, where it is installed."""
-    if not shutil.which("scontrol"):
-        pytest.skip("no scontrol here (containers/slurm-local/cluster.sh up installs it)")
+@pytest.mark.slurm
+def test_node_list_agrees_with_scontrol_show_hostnames(slurm):
+    """The same forms through SLURM's own parser (scontrol needs the cluster's slurm.conf)."""
     for nodelist, want in FORMS.items():
         r = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr

@@ -13,7 +13,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import sacct, t2v, wait_done
+from conftest import t2v, wait_done
 from test_train import TINY
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
