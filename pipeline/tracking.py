@@ -23,9 +23,9 @@ def default_uri(base: Path) -> str:
 def prepare_store(uri: str, experiment: str, client=None) -> str:
     """Create the store (schema migrations) and the experiment once, in the submitting process.
 
-    Sixteen tasks opening a fresh SQLite store at once race on its migrations: 15 of 16 died
-    with "table _alembic_tmp_latest_metrics already exists" here; on a prepared store all 16
-    logged every metric (README, "Hardening"). Returns the experiment id.
+    Sixteen writers opening a fresh SQLite store at once race on its migrations (15 of 16 died
+    in bench/mlflow_writers.py); on a prepared store all 16 logged every metric (README,
+    "Hardening"). Returns the experiment id.
     """
     from mlflow.tracking import MlflowClient
 

@@ -30,7 +30,7 @@ def _wait_for(path, pattern, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline:
         text = path.read_text(errors="replace") if path.exists() else ""
-        if re.search(pattern, text):
+        if re.search(pattern, text, re.M):
             return text
         time.sleep(0.2)
     raise AssertionError(f"{pattern!r} not in {path} after {timeout}s:\n{text[-2000:]}")
