@@ -196,9 +196,9 @@ def sacct_states(job_ids: Sequence[str]) -> dict[str, str]:
 
 
 def _ended_state(states: dict[str, str], job_id: str) -> str:
-    """The job's state if sacct says it is over, else "". An array task cancelled while still
-    pending gets no row of its own in SLURM 22.05: the array's bare id ("7", not "7_4") carries
-    the state of all of them, so a task with no row of its own falls back to that."""
+    """The job's state if sacct says it is over, else "". Array tasks cancelled while still
+    pending are listed as "7_[4-5%6]" or, in a race with the scheduler (seen with SLURM 22.05),
+    only under the array's bare id "7": a task with no row of its own falls back to that one."""
     state = states.get(job_id) or (states.get(job_id.split("_")[0], "") if "_" in job_id else "")
     return state if state in ENDED else ""
 

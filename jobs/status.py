@@ -1,10 +1,11 @@
 """`t2v status`: where an experiment stands, from its outputs and from `sacct`.
 
 ``t2v submit`` appends every submission to ``OUT/submissions.json`` (stage ->
-job ids: several where a big frames array was split). Status reads that, asks ``sacct`` (all attempts, array tasks
-included) and looks at what each stage left on disk, then names what failed
-and why (for a later stage cancelled or stuck behind it: which upstream task)
-and prints the one command that resubmits only what is missing.
+job ids: several where a big frames array was split). Status reads that, asks
+``sacct`` (all attempts, array tasks included) and looks at what each stage
+left on disk, then names what failed and why (for a later stage cancelled or
+stuck behind it: which upstream task) and prints the one command that
+resubmits only what is missing.
 """
 
 from __future__ import annotations
