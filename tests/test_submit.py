@@ -148,7 +148,8 @@ def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm
     s = t2v("status", spec, check=False)
     assert s.returncode == 1
     assert re.search(rf"frames\s+not done .*jobs {','.join(frames_jobs)} \(slurm\): FAILED=10", s.stdout), s.stdout
-    assert s.stdout.count("UserError: videos directory not found") == 5 + 2  # first 5 tasks, then the cause
+    # The first 5 failed tasks, then the cause beside each cancelled stage (vocab, train, evaluate).
+    assert s.stdout.count("UserError: videos directory not found") == 5 + 3
     assert "... and 5 more failed task(s)" in s.stdout
     for job in (vocab_job, train_job):
         assert re.search(rf"{job} CANCELLED before it started: its dependency failed: frames task "

@@ -105,7 +105,7 @@ def test_corrupt_newest_checkpoint_is_skipped(prepared, straight, capsys):
 def test_checkpoint_contents_load_with_plain_torch_load(prepared, straight):
     s = torch.load(checkpoint_paths(prepared / "straight")[0], weights_only=True)
     assert {"G", "D_img", "D_vid", "G_ema", "opt_G", "opt_D", "step", "rng", "data_pos", "config"} <= s.keys()
-    assert s["data_pos"] == 8 * 2 and len(s["rng"]) == 1  # d_steps batches per step; one rank
+    assert s["data_pos"] == 8 * s["config"]["d_steps"] and len(s["rng"]) == 1  # d_steps batches per step; one rank
     assert {"python", "numpy", "torch"} <= s["rng"][0].keys()
 
 
@@ -253,7 +253,7 @@ def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server)
     assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
     c = MlflowClient(mlflow_server)
     r = c.get_run(run_id)
-    assert r.data.params["lr_g"] == "0.0002" and r.data.params["batch"] == "4" and r.data.params["loss"] == "bce"
+    assert r.data.params["lr_g"] == "0.0005" and r.data.params["batch"] == "4" and r.data.params["loss"] == "hinge"
     assert r.data.tags["world_size"] == "1" and r.data.tags["git_commit"]
     assert r.info.status == "FINISHED"
     for key in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "samples_per_s", "data_wait_share"):
