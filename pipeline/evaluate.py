@@ -243,13 +243,13 @@ def i3d_features(path: Path, x: torch.Tensor, batch: int = 8) -> np.ndarray:
 # ----------------------------------------------------------------------------- the stage
 
 
-def prompts_for(run_cfg: dict, ev: dict, max_prompts: int, seed: int):
+def prompts_for(run_cfg: dict, ev: dict, data, max_prompts: int, seed: int):
     """Seen and held-out (template, placeholders, kind) prompts the evaluator can score."""
     train = _rows(Path(run_cfg["data"]))
     pairs = set(zip(train["template"], train["object"]))
     train_objects, train_templates = set(train["object"]), set(train["template"])
     ph = {}
-    for d in ev["data"]:
+    for d in data:  # this call's dirs: a cached evaluator may have been trained from another path
         for _, r in _rows(Path(d)).iterrows():
             ph.setdefault(r["object"], json.loads(r["placeholders"]))
     for _, r in train.iterrows():
@@ -284,7 +284,7 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
     model = ev["model"].to(device)
-    seen, held, ph = prompts_for(run_cfg, ev, cfg.max_prompts, cfg.seed)
+    seen, held, ph = prompts_for(run_cfg, ev, cfg.data, cfg.max_prompts, cfg.seed)
     if not seen:
         raise UserError("no prompt of the training data is known to the evaluator")
     prompts = seen + held
