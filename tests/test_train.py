@@ -128,22 +128,29 @@ def test_rank_slices_are_disjoint_and_resumable():
     assert [next(later) for _ in range(3)] == first[0][3:]
 
 
-def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
-    run_dir = prepared / "preempt"
+def _start_long_run(prepared, run_dir, at_step: int, *extra):
+    """A 400-step local training run in the background, returned once its log shows step
+    ``at_step``, with its controller's pid (the local job id; training runs in its children)."""
     cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
-           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db"]
+           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db",
+           *extra]
     for s in TINY + ["checkpoint_every=1000"]:
         cmd += ["--set", s]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     logs = run_dir / "logs"
     deadline = time.time() + 120
-    while time.time() < deadline:  # the local job's id is its pid
-        errs = list(logs.glob("*_0_log.err")) if logs.exists() else []
-        if errs and "step 3/" in errs[0].read_text():
+    while time.time() < deadline:
+        errs = sorted(logs.glob("*_0_log.err")) if logs.exists() else []
+        if errs and f"step {at_step}/" in errs[0].read_text():
             break
         time.sleep(0.1)
-    controller = int(errs[0].name.split("_")[0])  # the local job id is its controller's pid ...
-    (task,) = _children(controller)  # ... and the training runs in its child
+    return p, int(errs[0].name.split("_")[0])
+
+
+def test_preemption_signal_checkpoints_then_the_same_command_resumes(prepared):
+    run_dir = prepared / "preempt"
+    p, controller = _start_long_run(prepared, run_dir, 3)
+    (task,) = _children(controller)
     os.kill(task, preempt_signal())  # submitit's: SIGUSR2
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -181,19 +188,8 @@ def test_a_crash_is_failed_in_mlflow_not_finished(prepared, monkeypatch):
 def test_a_cancelled_run_is_killed_in_mlflow_after_a_checkpoint(prepared):
     run_dir = prepared / "cancel"
     uri = f"sqlite:///{prepared}/mlruns/mlflow.db"
-    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
-           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", uri]
-    for s in TINY + ["checkpoint_every=1000"]:
-        cmd += ["--set", s]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    logs = run_dir / "logs"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        errs = list(logs.glob("*_0_log.err")) if logs.exists() else []
-        if errs and "step 2/" in errs[0].read_text():
-            break
-        time.sleep(0.1)
-    (task,) = _children(int(errs[0].name.split("_")[0]))
+    p, controller = _start_long_run(prepared, run_dir, 2)
+    (task,) = _children(controller)
     os.kill(task, signal.SIGTERM)  # what scancel sends
     out, err = p.communicate(timeout=120)
     step = load_latest(run_dir)["step"]
@@ -207,20 +203,7 @@ def test_signal_to_one_of_two_ranks_stops_both_at_one_step(prepared):
     rank 1 alone (submitit only checkpoints on rank 0, submitit#9) still stops every rank at the
     same step: rank 0 writes the checkpoint, both exit, nobody waits in a collective."""
     run_dir = prepared / "preempt2"
-    cmd = [T2V, "train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
-           "--preset", "debug_cpu", "--max-steps", "400", "--tracking-uri", f"sqlite:///{prepared}/mlruns/mlflow.db",
-           "--executor", "local", "--tasks-per-node", "2"]
-    for s in TINY + ["checkpoint_every=1000"]:
-        cmd += ["--set", s]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    logs = run_dir / "logs"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        errs = sorted(logs.glob("*_0_log.err")) if logs.exists() else []
-        if errs and "step 3/" in errs[0].read_text():
-            break
-        time.sleep(0.1)
-    controller = int(errs[0].name.split("_")[0])
+    p, controller = _start_long_run(prepared, run_dir, 3, "--executor", "local", "--tasks-per-node", "2")
     ranks = _children(controller)
     assert len(ranks) == 2
     rank1 = next(pid for pid in ranks if "SUBMITIT_LOCAL_GLOBALID=1\0" in open(f"/proc/{pid}/environ").read())
