@@ -243,9 +243,9 @@ def i3d_features(path: Path, x: torch.Tensor, batch: int = 8) -> np.ndarray:
 # ----------------------------------------------------------------------------- the stage
 
 
-def prompts_for(run_cfg: dict, ev: dict, data, max_prompts: int, seed: int):
-    """Seen and held-out (template, placeholders, kind) prompts the evaluator can score."""
-    train = _rows(Path(run_cfg["data"]))
+def prompts_for(train, ev: dict, data, max_prompts: int, seed: int):
+    """Seen and held-out (template, placeholders, kind) prompts the evaluator can score;
+    ``train``: the run's training manifest rows."""
     pairs = set(zip(train["template"], train["object"]))
     train_objects, train_templates = set(train["object"]), set(train["template"])
     ph = {}
@@ -284,7 +284,8 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
     model = ev["model"].to(device)
-    seen, held, ph = prompts_for(run_cfg, ev, cfg.data, cfg.max_prompts, cfg.seed)
+    train = _rows(Path(run_cfg["data"]))  # read once: prompts and the real clips both need it
+    seen, held, ph = prompts_for(train, ev, cfg.data, cfg.max_prompts, cfg.seed)
     if not seen:
         raise UserError("no prompt of the training data is known to the evaluator")
     prompts = seen + held
@@ -306,7 +307,7 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
         return float(hit[m].float().mean()) if m.any() else None
 
     gen_f = features(model, flat)
-    real_df = _rows(Path(run_cfg["data"]))
+    real_df = train
     if len(real_df) > 2000:
         real_df = real_df.sample(2000, random_state=cfg.seed)
     real_x = to_input(load_clips(real_df.reset_index(drop=True))).to(device)

@@ -53,11 +53,7 @@ def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
         state = load_latest(run_dir)
         if state is None:
             raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
-        path = checkpoint_paths(run_dir)[0]
-        for p in checkpoint_paths(run_dir):  # the one load_latest actually read
-            if int(p.stem.split("-")[1]) == state["step"]:
-                path = p
-                break
+        path = run_dir / "checkpoints" / f"step-{state['step']:08d}.pt"  # the one load_latest read
     else:
         path = Path(checkpoint)
         if not path.exists() and str(checkpoint).isdigit():
