@@ -139,11 +139,11 @@ def sbatch_script(folder, res: Resources, name: str, array_size: int | None = No
                                **slurm_parameters(res, name))
 
 
-def make_executor(kind: Kind, folder, res: Resources, name: str):
+def make_executor(kind: Kind, folder, res: Resources, name: str, max_num_timeout: int = 3):
     import submitit
 
     if kind == "slurm":
-        ex = submitit.SlurmExecutor(folder=folder)
+        ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_num_timeout)
         ex.update_parameters(**slurm_parameters(res, name))
     elif kind == "local":
         ex = submitit.LocalExecutor(folder=folder)
@@ -279,9 +279,11 @@ def exception_line(log: Path) -> str:
     return errs[-1][:240] if errs else ""
 
 
-def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True) -> Outcome:
-    """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result."""
-    ex = make_executor(kind, folder, res, name)
+def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True,
+            max_num_timeout: int = 3) -> Outcome:
+    """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result.
+    A checkpointable job that times out is requeued up to `max_num_timeout` times."""
+    ex = make_executor(kind, folder, res, name, max_num_timeout)
     job = ex.submit(fn)
     print(f"submitted job {job.job_id} ({kind}); logs in {folder}", file=sys.stderr)
     if not wait:

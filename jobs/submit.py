@@ -58,6 +58,85 @@ def _eval_config(given: dict, out: Path):
     return EvalConfig(run_dir=out / "run", data=(out / "frames", *(Path(d).absolute() for d in extra)), **given)
 
 
+class ChainServer:
+    """The MLflow server of one submission (pipeline/tracking_server.py), or none.
+
+    `mode` "auto" serves a SQLite store whenever several jobs may write to it at once: every
+    SLURM submission and every sweep ("on" forces it, "off" writes to the store directly).
+    On SLURM it is a one-CPU job: the writers wait for it to start (`dependency`) and it
+    stops once every job passed to `serves` has ended; locally it is a child process.
+    """
+
+    def __init__(self, mode: str, store_uri: str, folder: Path, kind: str, res=None, name: str = "t2v-mlflow",
+                 many: bool = False, writers: bool = True, dry_run: bool = False):
+        if mode not in ("auto", "on", "off"):
+            raise UserError(f"tracking server: {mode!r} is not one of auto, on, off")
+        sqlite = store_uri.startswith("sqlite:///")
+        if mode == "on" and not sqlite:
+            raise UserError(f"tracking server 'on' serves a sqlite:/// store; {store_uri} is served already")
+        self.wanted = writers and sqlite and kind != "debug" and (
+            mode == "on" or (mode == "auto" and (kind == "slurm" or many)))
+        self.store, self.folder, self.kind, self.res, self.name = store_uri, Path(folder), kind, res, name
+        self.file = str(self.folder / "server.json") if self.wanted else ""
+        self.dry_run = dry_run
+        self.job, self.local, self.jobs = None, None, []
+
+    def __enter__(self) -> "ChainServer":
+        if not self.wanted:
+            return self
+        if self.dry_run:
+            if self.kind == "slurm":
+                from jobs.executor import sbatch_script
+
+                print(f"\n# ---- MLflow server (serves {self.store}) ----")
+                print(sbatch_script(self.folder / "logs", self.res, self.name))
+            return self
+        from pipeline.tracking_server import LocalServer, announce
+
+        if self.kind == "slurm":
+            from jobs.executor import Resources, run_job
+            from jobs.tasks import TrackingServerTask
+
+            res = self.res or Resources(cpus_per_task=1, mem_gb=2)
+            # Requeued on each timeout, so a limit shorter than the chain costs a restart, not data.
+            self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
+                               folder=self.folder / "logs", res=res, name=self.name, wait=False,
+                               max_num_timeout=100).job_id
+            announce(self.folder, self.job)
+            print(f"MLflow server for this submission: job {self.job}; its address will be in {self.file}",
+                  file=sys.stderr)
+        else:
+            self.local = LocalServer(self.store, self.folder).__enter__()
+            print(f"MLflow server for this submission: {self.local.uri} (store {self.store})", file=sys.stderr)
+        return self
+
+    @property
+    def dependency(self) -> str | None:
+        if self.dry_run and self.wanted and self.kind == "slurm":
+            return "after:<MLflow server job id>"
+        return f"after:{self.job}" if self.job else None  # "after": once it has started
+
+    def serves(self, jobs) -> None:
+        self.jobs += [str(j).split("_")[0] for j in jobs]
+
+    def __exit__(self, *exc) -> None:
+        if self.job:  # also after a failed submission: the server stops once what was submitted ends
+            from pipeline.tracking_server import watch_jobs
+
+            watch_jobs(self.folder, sorted(set(self.jobs), key=int))
+        if self.local:
+            self.local.__exit__(*exc)
+
+
+def with_dependency(res, extra: str | None):
+    """Resources whose dependency also waits for `extra` (comma: both must hold)."""
+    from dataclasses import replace
+
+    if not extra:
+        return res
+    return replace(res, dependency=",".join(d for d in (res.dependency, extra) if d))
+
+
 def _record(out: Path, entry: dict) -> None:
     """Append to OUT/submissions.json (what `t2v status` reads), atomically."""
     path = out / "submissions.json"
@@ -68,9 +147,7 @@ def _record(out: Path, entry: dict) -> None:
 
 
 def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = False) -> int:
-    from jobs.executor import map_tasks, run_job, sbatch_script, split_note
-    from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
-    from pipeline import frames, train
+    from pipeline import train
     from pipeline.frames import FramesConfig
     from pipeline.manifests import load_subset
     from pipeline.tracking import default_uri
@@ -92,22 +169,55 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
                         templates=tuple(manifest.get("templates", ())), **(cfg.get("frames") or {}))
     vcfg = VocabConfig(labels=tuple(labels), out=out / "vocab", **(cfg.get("vocab") or {}))
     tc = dict(cfg.get("train") or {})
+    trk = dict(spec.get("tracking") or {})
+    bad = set(trk) - {"uri", "experiment", "server"}
+    if bad:
+        raise UserError(f"tracking: unknown key(s) {sorted(bad)}; valid: experiment, server, uri")
+    kind = executor
+    server = ChainServer(str(trk.get("server", "auto")), trk.get("uri") or default_uri(Path.cwd()),
+                         out / "tracking", kind, _server_resources(spec, stages), f"t2v-{spec['name']}-mlflow",
+                         writers=bool({"train", "evaluate"} & set(stages)), dry_run=dry_run)
     sets = [str(s) for s in tc.pop("set", [])] + [f"{k}={v}" for k, v in tc.items() if k != "preset"]
-    sets += [f"tracking_uri={(spec.get('tracking') or {}).get('uri') or default_uri(Path.cwd())}",
-             f"experiment={(spec.get('tracking') or {}).get('experiment', spec['name'])}"]
+    sets += [f"tracking_uri={server.store}", f"experiment={trk.get('experiment', spec['name'])}"]
+    if server.file:
+        sets.append(f"tracking_server={server.file}")
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
     ecfg = _eval_config(cfg.get("evaluate") or {}, out)
-    kind = executor
     if "train" in stages and not dry_run:
         from pipeline.tracking import prepare_store
 
         prepare_store(tcfg.tracking_uri, tcfg.experiment)  # once, before any job could race on it
     print(f"experiment {spec['name']}: stages {' -> '.join(stages)} on the {kind} executor; outputs in {out}")
+    with server:
+        if server.job:
+            _record(out, {"stage": "tracking", "jobs": [server.job], "executor": kind,
+                          "spec": str(Path(spec_path).absolute()), "time": time.time()})
+        return _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run)
+
+
+def _server_resources(spec: dict, stages) -> "object":
+    """resources.tracking in a spec, else one CPU for as long as the served stages may take."""
+    from jobs.executor import Resources
+
+    if "tracking" in (spec.get("resources") or {}):
+        return _resources(spec, "tracking", None)
+    given = spec.get("resources") or {}
+    minutes = sum(int((given.get(s) or {}).get("timeout_min", Resources.timeout_min)) for s in stages)
+    part = (given.get("train") or {}).get("partition")
+    return Resources(cpus_per_task=1, mem_gb=2, timeout_min=minutes, partition=part)
+
+
+def _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run) -> int:
+    from jobs.executor import map_tasks, run_job, sbatch_script, split_note
+    from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
+    from pipeline import frames, train
 
     dep = None  # afterok on the previous stage's job
     graph = []
     for stage in stages:
         res = _resources(spec, stage, dep if kind == "slurm" else None)
+        if stage in ("train", "evaluate"):
+            res = with_dependency(res, server.dependency)  # MLflow writers start after their server
         logs = out / "logs" / stage
         name = f"t2v-{spec['name']}-{stage}"
         if dry_run:
@@ -144,6 +254,7 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
                 print(f"{stage} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
                 return 1
             jobs = [o.job_id]
+        server.serves(jobs)
         graph.append(f"{stage} job{'s' if len(jobs) > 1 else ''} {','.join(jobs)}" if jobs else
                      f"{stage} (nothing to do)")
         _record(out, {"stage": stage, "jobs": jobs, "executor": kind, "spec": str(Path(spec_path).absolute()),

@@ -85,3 +85,22 @@ class EvaluateTask:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)  # idempotent: eval.json is replaced atomically
+
+
+@dataclass(frozen=True)
+class TrackingServerTask:
+    """The chain's `mlflow server` as a SLURM job (pipeline/tracking_server.py): it serves until
+    every job named in its watch file has ended, and requeues itself on timeout or preemption."""
+
+    store_uri: str
+    folder: str
+
+    def __call__(self) -> dict:
+        from pipeline.tracking_server import serve
+
+        return serve(self.store_uri, self.folder)
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)  # nothing to save: the store is the state

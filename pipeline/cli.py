@@ -155,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--array-parallelism", type=int, default=4, help="sweep points running at once")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite store in ./mlruns)")
     p.add_argument("--experiment", help="MLflow experiment name (default text2video)")
+    p.add_argument("--tracking-server", choices=("auto", "on", "off"), default="auto",
+                   help="serve a sqlite store through one `mlflow server` while the jobs run, so their "
+                        "writes don't race on the file (auto: for sweeps; see README, Hardening)")
     executor_flags(p, array=False)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
@@ -414,6 +417,7 @@ def run_sweep(base, a) -> int:
     from dataclasses import replace
 
     from jobs.executor import map_tasks, sbatch_script, split_note
+    from jobs.submit import ChainServer, with_dependency
     from jobs.tasks import TrainTask
 
     from . import train
@@ -432,9 +436,19 @@ def run_sweep(base, a) -> int:
             print(sbatch_script(logs, res, "t2v-sweep", array_size=len(points)))
         return 0
     parent = _parent_run(base, name)
-    points = [replace(p, parent_run_id=parent) for p in points]
-    outs = map_tasks(TrainTask(), points, kind=a.executor, folder=logs, res=res, name="t2v-sweep",
-                     desc="sweep points", wait=not a.no_wait)
+    folder = Path(base.run_dir) / "tracking"
+    # One writer for the whole array: its own server (a local child, or a one-CPU SLURM job
+    # that the points start after and that stops once they have all ended).
+    server = ChainServer(a.tracking_server, base.tracking_uri, folder, a.executor, _server_resources(a, len(points)),
+                         "t2v-sweep-mlflow", many=True)
+    if a.executor == "local" and a.no_wait and server.wanted:
+        server.wanted, server.file = False, ""  # a local server would stop as this command returns
+    points = [replace(p, parent_run_id=parent, tracking_server=server.file) for p in points]
+    with server:
+        outs = map_tasks(TrainTask(), points, kind=a.executor, folder=logs,
+                         res=with_dependency(res, server.dependency), name="t2v-sweep",
+                         desc="sweep points", wait=not a.no_wait)
+        server.serves(o.job_id for o in outs)
     bad = [o for o in outs if not o.ok]
     for o in outs:
         if o.ok and o.result:
@@ -444,6 +458,15 @@ def run_sweep(base, a) -> int:
         print(f"  {Path(o.item.run_dir).name} failed (job {o.job_id}): {o.error}\n    log: {o.log}", file=sys.stderr)
     print(f"MLflow parent run {parent} groups the sweep (tag t2v.sweep={name})")
     return 1 if bad else 0
+
+
+def _server_resources(a, points: int):
+    """One CPU on the sweep's partition, for as long as the throttled array may take."""
+    from jobs.executor import Resources
+
+    waves = -(-points // max(1, a.array_parallelism))
+    return Resources(partition=a.partition, account=a.account, qos=a.qos, cpus_per_task=1, mem_gb=2,
+                     timeout_min=a.timeout_min * waves)
 
 
 def _parent_run(cfg, name: str) -> str:

@@ -390,8 +390,10 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
         from mlflow.tracking import MlflowClient
 
         from .tracking import default_uri
+        from .tracking_server import resolve
 
-        client = MlflowClient(tracking_uri=run_cfg.get("tracking_uri") or default_uri(Path.cwd()))
+        store = run_cfg.get("tracking_uri") or default_uri(Path.cwd())
+        client = MlflowClient(tracking_uri=resolve(store, run_cfg.get("tracking_server"), wait_s=30))
         run_id = id_file.read_text().strip()
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(r[k]), now, r["step"]) for k in METRIC_KEYS

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 KEY_METRIC = "loss_G"  # logged every tick; its history says where a resumed run left off
@@ -18,6 +19,14 @@ KEY_METRIC = "loss_G"  # logged every tick; its history says where a resumed run
 
 def default_uri(base: Path) -> str:
     return f"sqlite:///{(Path(base) / 'mlruns' / 'mlflow.db').absolute()}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside it (not in the cwd); tasks write them straight to
+    the shared file system, also when their metadata goes through a tracking server."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").absolute().as_uri()
+    return None
 
 
 def prepare_store(uri: str, experiment: str, client=None) -> str:
@@ -35,11 +44,8 @@ def prepare_store(uri: str, experiment: str, client=None) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:
         return exp.experiment_id
-    art = None
-    if uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in the cwd
-        art = (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
     try:
-        return client.create_experiment(experiment, artifact_location=art)
+        return client.create_experiment(experiment, artifact_location=artifact_root(uri))
     except Exception:  # noqa: BLE001  created by someone else meanwhile
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -58,47 +64,95 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 class Tracker:
+    """``uri`` is the store. With ``server_file`` (a chain's tracking_server.SERVER_FILE) the
+    calls go through that chain's server while it answers, and to the store while it doesn't."""
+
+    RECHECK_S = 60.0  # how often a tracker writing to the store looks for a server again
+
     def __init__(self, uri: str, experiment: str, run_dir: Path, params: dict, tags: dict,
-                 run_name: str | None = None):
+                 run_name: str | None = None, server_file: str | None = None, server_wait_s: float = 60.0):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # fail fast, don't stall a step
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.ok, self.warned = True, False
         self.last: dict[str, int] = {}  # per key metric: the newest step the run already has
         self.run_id = None
-        id_file = Path(run_dir) / "mlflow_run_id"
+        self.store, self.server_file, self.checked = uri, server_file, 0.0
         try:
-            from mlflow.tracking import MlflowClient
-
             if uri.startswith("sqlite:///"):
                 Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-            self.client = MlflowClient(tracking_uri=uri)
-            if id_file.exists():
-                self.run_id = id_file.read_text().strip()
-                self._last(KEY_METRIC)
-                self.client.update_run(self.run_id, status="RUNNING")
-                # MLflow refuses to change a logged param (mlflow#7046): a resume that changes one
-                # (e.g. a larger max_steps) is recorded as a tag instead.
-                old = self.client.get_run(self.run_id).data.params
-                for k, v in _flatten(params).items():
-                    if k in old and old[k] != v:
-                        self.client.set_tag(self.run_id, f"t2v.resumed.{k}", f"{old[k]} -> {v}")
-            else:
-                exp_id = prepare_store(uri, experiment, self.client)
-                run = self.client.create_run(exp_id, run_name=run_name or Path(run_dir).name,
-                                             tags={k: str(v) for k, v in tags.items()})
-                self.run_id = run.info.run_id
-                tmp = id_file.with_suffix(".tmp")
-                tmp.write_text(self.run_id)
-                os.replace(tmp, id_file)
-                from mlflow.entities import Param
-
-                items = [Param(k, v) for k, v in _flatten(params).items()]
-                for i in range(0, len(items), 100):
-                    self.client.log_batch(self.run_id, params=items[i:i + 100])
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+            self._connect(server_wait_s)
         except Exception as e:  # noqa: BLE001
             self._fail(e)
+            return
+        self._call(lambda: self._open(Path(run_dir), experiment, params, tags, run_name))
+
+    def _open(self, run_dir: Path, experiment: str, params: dict, tags: dict, run_name: str | None) -> None:
+        """Create the run, or take up the one named in RUN_DIR/mlflow_run_id. Safe to repeat."""
+        id_file = run_dir / "mlflow_run_id"
+        if id_file.exists():
+            self.run_id = id_file.read_text().strip()
+            self.last.clear()
+            self._last(KEY_METRIC)
+            self.client.update_run(self.run_id, status="RUNNING")
+            # MLflow refuses to change a logged param (mlflow#7046): a resume that changes one
+            # (e.g. a larger max_steps) is recorded as a tag instead.
+            old = self.client.get_run(self.run_id).data.params
+            for k, v in _flatten(params).items():
+                if k in old and old[k] != v:
+                    self.client.set_tag(self.run_id, f"t2v.resumed.{k}", f"{old[k]} -> {v}")
+            self._params({k: v for k, v in _flatten(params).items() if k not in old})  # new keys, or a cut-off first try
+        else:
+            exp_id = prepare_store(self.store, experiment, self.client)
+            run = self.client.create_run(exp_id, run_name=run_name or run_dir.name,
+                                         tags={k: str(v) for k, v in tags.items()})
+            self.run_id = run.info.run_id
+            tmp = id_file.with_suffix(".tmp")
+            tmp.write_text(self.run_id)
+            os.replace(tmp, id_file)
+            self._params(_flatten(params))
+        for k, v in {**tags, "t2v.tracking": self.uri}.items():  # where this attempt logs: server or store
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def _params(self, flat: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _connect(self, wait_s: float = 0.0) -> bool:
+        """(Re)pick server or store; True if that changed where calls go."""
+        from mlflow.tracking import MlflowClient
+
+        from .tracking_server import resolve
+
+        self.checked = time.time()
+        uri = resolve(self.store, self.server_file, wait_s)
+        if getattr(self, "uri", None) == uri:
+            return False
+        if self.server_file and getattr(self, "uri", None) is not None:
+            print(f"MLflow: now logging to {uri}" + (" (the store: no live server)" if uri == self.store else ""),
+                  file=sys.stderr)
+        self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
+        return True
+
+    def _call(self, fn) -> bool:
+        """Run fn(); on failure look for another way to the store (a new server, or the store
+        itself) and try once more there. False if the call could not be made."""
+        if self.server_file and self.uri == self.store and time.time() - self.checked > self.RECHECK_S:
+            self._connect()  # a server may be back (e.g. its job was requeued)
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001
+            try:
+                if not (self.server_file and self._connect()):
+                    raise
+                fn()
+            except Exception:  # noqa: BLE001
+                self._fail(e)
+                return False
+        self.ok = True
+        return True
 
     def _fail(self, e: Exception) -> None:
         self.ok = False
@@ -117,19 +171,15 @@ class Tracker:
         """Log ``values`` at ``step`` unless the run already has ``key`` at that step or later."""
         if self.run_id is None:
             return
-        try:
-            if step <= self._last(key):
-                return
-            import time
+        from mlflow.entities import Metric
 
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+        have: list[int] = []
+        if not self._call(lambda: have.append(self._last(key))) or step <= have[-1]:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        if self._call(lambda: self.client.log_batch(self.run_id, metrics=batch)):
             self.last[key] = step
-            self.ok = True
-        except Exception as e:  # noqa: BLE001
-            self._fail(e)
 
     def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None) -> None:
         """Upload a file; one above ``max_mb`` is recorded as path + sha256 tags instead (an
@@ -138,26 +188,23 @@ class Tracker:
             return
         try:
             size = Path(path).stat().st_size
-            if max_mb is not None and size > max_mb * 2**20:
-                import hashlib
-
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                key = f"t2v.artifact.{subdir or '.'}.{Path(path).name}"
-                self.client.set_tag(self.run_id, f"{key}.path", str(Path(path).absolute()))
-                self.client.set_tag(self.run_id, f"{key}.sha256", h.hexdigest())
-                self.client.set_tag(self.run_id, f"{key}.bytes", str(size))
-                return
-            self.client.log_artifact(self.run_id, str(path), subdir)
-        except Exception as e:  # noqa: BLE001
+        except OSError as e:
             self._fail(e)
+            return
+        if max_mb is not None and size > max_mb * 2**20:
+            import hashlib
+
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            key = f"t2v.artifact.{subdir or '.'}.{Path(path).name}"
+            tags = {f"{key}.path": str(Path(path).absolute()), f"{key}.sha256": h.hexdigest(), f"{key}.bytes": str(size)}
+            self._call(lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+            return
+        self._call(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is None:
             return
-        try:
-            self.client.set_terminated(self.run_id, status=status)
-        except Exception as e:  # noqa: BLE001
-            self._fail(e)
+        self._call(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -32,7 +32,7 @@ from .errors import UserError
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
                "clip_every", "clip_samples", "tracking_uri", "experiment", "workers", "device", "preset",
                "sweep", "parent_run_id", "eval_every", "eval_data", "eval_samples", "max_artifact_mb",
-               "eval_cache"}
+               "eval_cache", "tracking_server"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class TrainConfig:
     eval_data: tuple[Path, ...] = ()  # extra frames outputs for the evaluator (default: just `data`)
     eval_samples: int = 4
     eval_cache: str = ""  # evaluator cache dir (default: <data>/evaluators)
-    tracking_uri: str = ""
+    tracking_uri: str = ""  # the store
+    tracking_server: str = ""  # a chain's server.json (pipeline/tracking_server.py): log through it when live
     experiment: str = "text2video"
     sweep: str = ""  # sweep name: its points share a tag and an MLflow parent run
     parent_run_id: str = ""
@@ -527,7 +528,8 @@ def run(cfg: TrainConfig) -> dict:
             tags["t2v.sweep"] = cfg.sweep
         if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
             tags["mlflow.parentRunId"] = cfg.parent_run_id
-        tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags)
+        tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags,
+                          server_file=cfg.tracking_server or None)
     # Stop requests: 1 = preempted (checkpoint, requeue, the MLflow run stays RUNNING), 2 = cancelled
     # (SIGTERM: checkpoint, KILLED). Handlers go in after dist.init, so process-group set-up can't
     # swallow them; any rank may get one, and max_rank() stops every rank at the same step.

@@ -1,38 +1,154 @@
-"""Many writers on one SQLite MLflow store: the store and experiment are created once, up front."""
+"""Many writers, one SQLite MLflow store (mlflow#12259, PR #6490): the store and the experiment
+are created once, up front, and the writers go through one `mlflow server` that the pipeline
+starts (pipeline/tracking_server.py), falling back to the store while none answers."""
 
+import json
 import subprocess
 import sys
+import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import prepare_store
+from jobs.executor import Resources, map_tasks
+from jobs.submit import ChainServer
+from pipeline.tracking import Tracker, prepare_store
+from pipeline.tracking_server import LocalServer, read_server, resolve, start, stop
 
 WRITER = """
 import sys
 from pathlib import Path
 from pipeline.tracking import Tracker
-uri, k, run_dir = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+uri, k, run_dir, server = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] or None
 run_dir.mkdir(parents=True)
-t = Tracker(uri, "many", run_dir, {"k": k, "lr": 0.1 * k}, {"writer": k})
+t = Tracker(uri, "many", run_dir, {"k": k, "lr": 0.1 * k}, {"writer": k}, server_file=server)
 for step in range(1, 11):
     t.metrics(step, {"loss_G": k + step / 10, "loss_D": -k})
 t.finish()
 assert t.ok and t.run_id, "tracker failed"
+print("logged via", t.uri)
 """
 
 
-def test_sixteen_concurrent_writers_all_arrive(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    prepare_store(uri, "many")  # what `t2v train/submit` does before submitting
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(k), str(tmp_path / f"r{k}")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(16)]
-    errs = [p.communicate(timeout=600)[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(errs)
+def writer(uri, k, run_dir, server=""):
+    return [sys.executable, "-c", WRITER, uri, str(k), str(run_dir), str(server)]
+
+
+def assert_all_arrived(uri, n=16, via=None):
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("many").experiment_id], max_results=100)
-    assert len(runs) == 16
+    assert len(runs) == n
     for r in runs:
         k = int(r.data.params["k"])
         hist = sorted((m.step, m.value) for m in c.get_metric_history(r.info.run_id, "loss_G"))
         assert hist == [(s, k + s / 10) for s in range(1, 11)]
         assert r.info.status == "FINISHED" and r.data.tags["writer"] == str(k)
+        if via:
+            assert r.data.tags["t2v.tracking"] == via  # the run went through the server, not the file
+    return runs
+
+
+def run_writers(argvs):
+    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in argvs]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(errs)
+
+
+def test_sixteen_concurrent_writers_on_a_prepared_store_all_arrive(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")  # what `t2v train/submit` does before submitting
+    run_writers([writer(uri, k, tmp_path / f"r{k}") for k in range(16)])
+    assert_all_arrived(uri)
+
+
+def test_sixteen_concurrent_writers_through_the_pipeline_server_all_arrive(tmp_path):
+    """What a local sweep does: a fresh store, prepared once, served by one loopback server."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")
+    with LocalServer(uri, tmp_path / "tracking") as server:
+        assert server.uri.startswith("http://127.0.0.1:")
+        run_writers([writer(uri, k, tmp_path / f"r{k}", tmp_path / "tracking/server.json") for k in range(16)])
+        via = server.uri
+    assert read_server(tmp_path / "tracking/server.json")["state"] == "stopped"
+    assert_all_arrived(uri, via=via)
+
+
+def test_a_tracker_falls_back_to_the_store_and_returns_to_a_new_server(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")
+    folder, run_dir = tmp_path / "tracking", tmp_path / "run"
+    run_dir.mkdir()
+    proc = start(uri, folder)
+    first = read_server(folder / "server.json")["uri"]
+    t = Tracker(uri, "many", run_dir, {"k": 1}, {}, server_file=str(folder / "server.json"))
+    assert t.uri == first
+    for step in (1, 2, 3):
+        t.metrics(step, {"loss_G": step})
+    stop(proc, folder, final=False)  # what a requeued server job does on its way out
+    assert read_server(folder / "server.json")["state"] == "restarting"
+    for step in (4, 5, 6):
+        t.metrics(step, {"loss_G": step})
+    assert t.uri == uri and t.ok  # straight to the file: nothing dropped
+    proc = start(uri, folder)  # the job is back, on another port
+    second = read_server(folder / "server.json")["uri"]
+    assert second != first
+    t.RECHECK_S = 0  # (60 s in a run)
+    for step in (7, 8, 9):
+        t.metrics(step, {"loss_G": step})
+    assert t.uri == second
+    t.finish()
+    stop(proc, folder)
+    c = MlflowClient(uri)
+    assert [m.step for m in c.get_metric_history(t.run_id, "loss_G")] == list(range(1, 10))
+    assert c.get_run(t.run_id).info.status == "FINISHED"
+    err = capsys.readouterr().err
+    assert f"now logging to {uri} (the store: no live server)" in err and f"now logging to {second}" in err
+
+
+@pytest.mark.parametrize("state, waits", [("starting", True), ("restarting", True), ("stopped", False)])
+def test_resolve_waits_only_for_a_server_that_is_coming(tmp_path, state, waits):
+    f = tmp_path / "server.json"
+    f.write_text(json.dumps({"state": state, "uri": "http://127.0.0.1:9"}))
+    t0 = time.time()
+    assert resolve("sqlite:///x.db", f, wait_s=2) == "sqlite:///x.db"
+    assert (time.time() - t0 >= 2) == waits
+    assert resolve("sqlite:///x.db", tmp_path / "missing.json", wait_s=2) == "sqlite:///x.db"
+
+
+def test_the_server_mode_is_checked():
+    with pytest.raises(Exception, match="not one of auto, on, off"):
+        ChainServer("maybe", "sqlite:////tmp/x.db", "/tmp/t", "local")
+    with pytest.raises(Exception, match="serves a sqlite"):
+        ChainServer("on", "http://somewhere:5000", "/tmp/t", "local")
+    assert not ChainServer("auto", "http://somewhere:5000", "/tmp/t", "slurm").wanted  # served already
+    assert not ChainServer("auto", "sqlite:////tmp/x.db", "/tmp/t", "local").wanted  # one local writer
+    assert ChainServer("auto", "sqlite:////tmp/x.db", "/tmp/t", "local", many=True).wanted
+    assert ChainServer("auto", "sqlite:////tmp/x.db", "/tmp/t", "slurm").wanted
+
+
+@pytest.mark.slurm
+def test_sixteen_array_tasks_write_through_a_server_job_that_stops_after_them(slurm, tmp_path):
+    """The SLURM form: the server is a one-CPU job, the 16-task array starts after it
+    (--dependency=after:), and the server ends by itself once every task has ended."""
+    from conftest import sacct, wait_done
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")
+    folder = tmp_path / "tracking"
+    server = ChainServer("auto", uri, folder, "slurm", Resources(cpus_per_task=1, mem_gb=1, timeout_min=10),
+                         "t2v-test-mlflow", many=True)
+    with server:
+        res = Resources(cpus_per_task=1, mem_gb=0.5, timeout_min=10, dependency=server.dependency)
+        outs = map_tasks(subprocess.check_call,
+                         [writer(uri, k, tmp_path / f"r{k}", server.file) for k in range(16)],
+                         kind="slurm", folder=tmp_path / "logs", res=res, name="t2v-writers")
+        server.serves(o.job_id for o in outs)
+    assert all(o.ok for o in outs), [o.error for o in outs if not o.ok]
+    script = next((tmp_path / "logs").glob("*_submission.sh")).read_text()
+    assert f"#SBATCH --dependency=after:{server.job}" in script
+    info = json.loads((folder / "server.json").read_text())
+    assert info["uri"].startswith("http://n") and info["job_id"] == server.job  # on a node, by its name
+    assert_all_arrived(uri, via=info["uri"])
+    rows = wait_done(server.job, timeout=120)  # it watches the array and stops once it is over
+    assert rows[-1]["state"] == "COMPLETED", sacct(server.job)
+    assert read_server(folder / "server.json")["state"] == "stopped"

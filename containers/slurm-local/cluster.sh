@@ -88,8 +88,12 @@ MinJobAge=300
 KillWait=10
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=n1 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$N1_PORT CPUs=$CPUS RealMemory=4000 State=UNKNOWN
-NodeName=n2 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$N2_PORT CPUs=$CPUS RealMemory=4000 State=UNKNOWN
+# One CPU more than the host has, per node: the slot a chain's one-CPU MLflow server job takes
+# (it idles), so that two 2-CPU training tasks can still run beside it. config_overrides makes
+# slurmd report these numbers instead of refusing the node for having fewer cores.
+SlurmdParameters=config_overrides
+NodeName=n1 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$N1_PORT CPUs=$((CPUS + 1)) RealMemory=4000 State=UNKNOWN
+NodeName=n2 NodeHostname=$(hostname) NodeAddr=127.0.0.1 Port=$N2_PORT CPUs=$((CPUS + 1)) RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
   cat > "$STATE/slurmdbd.conf" <<CONF
