@@ -1,9 +1,13 @@
-"""N processes write runs to one SQLite MLflow store at once: fresh store vs one prepared first.
+"""N processes write runs to one SQLite MLflow store at once: a fresh store, one prepared
+first, and one prepared and served by the pipeline's own `mlflow server`.
 
     .venv/bin/python bench/mlflow_writers.py [--writers 16] [--metrics 20]
 
 A fresh store makes every writer run the schema migrations and create the experiment;
-`t2v` prepares both once in the submitting process (pipeline/tracking.py prepare_store).
+`t2v` prepares both once in the submitting process (pipeline/tracking.py prepare_store),
+and for sweeps and SLURM submissions serves the store through one server
+(pipeline/tracking_server.py), so the writers never open the SQLite file themselves.
+Time is relative to the prepared-store trial of the same run.
 """
 
 import argparse
@@ -28,22 +32,29 @@ c.set_terminated(r.info.run_id)
 """
 
 
-def trial(prepared: bool, writers: int, metrics: int) -> tuple[int, int, float, set]:
+def trial(mode: str, writers: int, metrics: int) -> tuple[int, int, float, set]:
     from mlflow.tracking import MlflowClient
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pipeline.tracking import prepare_store
+    from pipeline.tracking_server import LocalServer
 
     with tempfile.TemporaryDirectory() as d:
-        uri = f"sqlite:///{d}/mlflow.db"
-        if prepared:
+        uri = target = f"sqlite:///{d}/mlflow.db"
+        server = None
+        if mode != "fresh":
             prepare_store(uri, "w")
+        if mode == "served":
+            server = LocalServer(uri, Path(d) / "tracking").__enter__()
+            target = server.uri
         t0 = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(k), str(metrics)],
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, target, str(k), str(metrics)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for k in range(writers)]
         errs = [p.communicate()[1] for p in procs]
         dt = time.perf_counter() - t0
+        if server:
+            server.__exit__(None, None, None)
         ok = sum(p.returncode == 0 for p in procs)
         kinds = {line.split(":", 1)[-1].strip()[:70] for e in errs for line in e.splitlines()
                  if "OperationalError" in line}
@@ -59,10 +70,13 @@ def main() -> None:
     a.add_argument("--writers", type=int, default=16)
     a.add_argument("--metrics", type=int, default=20)
     a = a.parse_args()
-    for prepared in (False, True):
-        ok, points, dt, kinds = trial(prepared, a.writers, a.metrics)
-        print(f"{'prepared' if prepared else 'fresh':8s} store: {ok}/{a.writers} writers succeeded, "
-              f"{points}/{a.writers * a.metrics} metric points arrived, {dt:.1f} s"
+    base = None
+    for mode in ("fresh", "prepared", "served"):
+        ok, points, dt, kinds = trial(mode, a.writers, a.metrics)
+        base = dt if mode == "prepared" else base
+        ratio = f" ({dt / base:.2f}x prepared)" if base and mode != "prepared" else ""
+        print(f"{mode:8s} store: {ok}/{a.writers} writers succeeded, "
+              f"{points}/{a.writers * a.metrics} metric points arrived, {dt:.1f} s{ratio}"
               + (f"; errors: {sorted(kinds)}" if kinds else ""))
 
 

@@ -106,7 +106,7 @@ def run_status(run_dir: Path) -> int:
     # The exact command: every key that differs from its preset, so the run dir accepts it.
     base = to_dict(build_config(cfg["data"], cfg["vocab"], cfg["run_dir"], cfg["preset"]))
     sets = [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cfg.items()
-            if k not in ("data", "vocab", "run_dir", "preset") and base.get(k) != v]
+            if k not in ("data", "vocab", "run_dir", "preset", "tracking_server") and base.get(k) != v]
     print(f"\nto resume it:\n  t2v train --data {cfg['data']} --vocab {cfg['vocab']} --run-dir {cfg['run_dir']} "
           f"--preset {cfg['preset']} {' '.join(sets)}".rstrip())
     return 1
@@ -129,6 +129,14 @@ def status(target) -> int:
     first_bad = None
     cause = ""  # the first failed task upstream: what a cancelled or stuck later stage waited on
     print(f"experiment {spec['name']} ({out})")
+    if sub := latest.get("tracking"):  # the submission's MLflow server job (pipeline/tracking_server.py)
+        from pipeline.tracking_server import read_server
+
+        rows = _sacct(",".join(sub["jobs"]))
+        info = read_server(out / "tracking" / "server.json") or {}
+        print(f"  tracking  MLflow server job {','.join(sub['jobs'])}: "
+              f"{rows[-1]['state'] if rows else 'no sacct record yet'}; {info.get('state', 'no server.json')}"
+              + (f" at {info['uri']}" if info.get("state") == "serving" else ""))
     for stage in [s for s in STAGES if s in spec["stages"]]:
         done, what = _done(stage, out, spec)
         sub = latest.get(stage)

@@ -32,8 +32,11 @@ def spec_for(toy, tmp_path, shard_size=16, **train):
 def test_checked_in_specs_dry_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = t2v("submit", ROOT / "jobs/toy.yaml", "--executor", "slurm", "--dry-run")
-    assert r.stdout.count("#!/bin/bash") == 4 and "--dependency='afterok:<frames job id>'" in r.stdout
+    assert r.stdout.count("#!/bin/bash") == 5 and "--dependency='afterok:<frames job id>'" in r.stdout
     assert r.stdout.count("#SBATCH --kill-on-invalid-dep=yes") == 3  # never stuck behind a failure
+    # The MLflow writers start once the submission's own server job has started.
+    assert "#SBATCH --job-name=t2v-toy-mlflow" in r.stdout
+    assert r.stdout.count("--dependency='afterok:<vocab job id>,after:<MLflow server job id>'") == 1
     assert "frames\n  -> vocab after frames\n  -> train after vocab\n  -> evaluate after train" in r.stdout
     r = t2v("submit", ROOT / "jobs/sthsth_push_ltr.yaml", "--executor", "slurm", "--dry-run", check=False,
             env={"PATH": "/usr/bin:/bin"})
@@ -79,6 +82,14 @@ def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
     assert c.list_artifacts(run_id, "checkpoints")
     e = __import__("json").loads((tmp_path / "exp/run/eval.json").read_text())
     assert c.get_run(run_id).data.metrics["cond_acc_seen"] == pytest.approx(e["cond_acc_seen"])
+    # Training logged through the chain's own MLflow server job (a node's name in its URI), which
+    # the writers started after and which stops once the chain is over.
+    server_job = re.search(r"MLflow server for this submission: job (\d+)", r.stderr)[1]
+    train_script = next((tmp_path / "exp/logs/train").glob("*_submission.sh")).read_text()
+    assert re.search(rf"#SBATCH --dependency=afterok:{vocab_job},after:{server_job}\n", train_script), train_script
+    assert re.fullmatch(r"http://n[12]:\d+", c.get_run(run_id).data.tags["t2v.tracking"])
+    assert wait_done(server_job, timeout=120)[-1]["state"] == "COMPLETED"
+    assert "tracking" in t2v("status", tmp_path / "exp.yaml").stdout
 
 
 @pytest.mark.slurm
@@ -181,3 +192,8 @@ def test_sweep_is_one_throttled_array_grouped_in_mlflow(slurm, prepared, tmp_pat
         {("0.0001", "bce"), ("0.0001", "hinge"), ("0.0002", "bce"), ("0.0002", "hinge")}
     assert {k.info.run_name for k in kids} == {"lr_g-1e-4_loss-bce", "lr_g-1e-4_loss-hinge",
                                                "lr_g-2e-4_loss-bce", "lr_g-2e-4_loss-hinge"}
+    server = __import__("json").loads((tmp_path / "sw/tracking/server.json").read_text())
+    assert {k.data.tags["t2v.tracking"] for k in kids} == {server["uri"]}  # one writer: the sweep's server
+    assert f"--dependency=after:{server['job_id']}" in script
+    for k in kids:
+        assert [m.step for m in c.get_metric_history(k.info.run_id, "loss_G")] == [1, 2]

@@ -152,3 +152,23 @@ def test_sixteen_array_tasks_write_through_a_server_job_that_stops_after_them(sl
     rows = wait_done(server.job, timeout=120)  # it watches the array and stops once it is over
     assert rows[-1]["state"] == "COMPLETED", sacct(server.job)
     assert read_server(folder / "server.json")["state"] == "stopped"
+
+
+def test_a_local_sweep_logs_through_its_own_server_and_stops_it(prepared, tmp_path):
+    from conftest import t2v
+    from test_train import TINY
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", tmp_path / "sw",
+            "--preset", "debug_cpu", "--max-steps", "2", *sum((["--set", s] for s in TINY), []),
+            "--sweep", "lr_g=1e-4,2e-4", "--array-parallelism", "2", "--tracking-uri", uri)
+    served = read_server(tmp_path / "sw/tracking/server.json")
+    assert served["state"] == "stopped" and served["uri"].startswith("http://127.0.0.1:")
+    assert f"MLflow server for this submission: {served['uri']}" in r.stderr
+    c = MlflowClient(uri)
+    kids = [k for k in c.search_runs([c.get_experiment_by_name("text2video").experiment_id])
+            if "mlflow.parentRunId" in k.data.tags]
+    assert len(kids) == 2 and {k.data.tags["t2v.tracking"] for k in kids} == {served["uri"]}
+    for k in kids:
+        assert [m.step for m in c.get_metric_history(k.info.run_id, "loss_G")] == [1, 2]
+        assert k.info.status == "FINISHED"
