@@ -157,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", help="MLflow experiment name (default text2video)")
     p.add_argument("--tracking-server", choices=("auto", "on", "off"), default="auto",
                    help="serve a sqlite store through one `mlflow server` while the jobs run, so their "
-                        "writes don't race on the file (auto: for sweeps; see README, Hardening)")
+                        "writes don't race on the file (auto: for sweeps, not for one run; "
+                        "see README, Hardening)")
     executor_flags(p, array=False)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
@@ -373,7 +374,10 @@ def _prepare_tracking(cfg) -> None:
 
 
 def run_train(cfg, a) -> int:
+    from dataclasses import replace
+
     from jobs.executor import run_job, sbatch_script
+    from jobs.submit import ChainServer, with_dependency
     from jobs.tasks import TrainTask
 
     from . import train
@@ -391,8 +395,17 @@ def run_train(cfg, a) -> int:
         if a.executor == "slurm":
             print(sbatch_script(logs, _resources(a), "t2v-train"))
         return 0
-    o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=_resources(a), name="t2v-train",
-                wait=not a.no_wait)
+    # One run has one writer (rank 0): it gets a server of its own only when asked ("on").
+    server = ChainServer("on" if a.tracking_server == "on" else "off", cfg.tracking_uri,
+                         Path(cfg.run_dir) / "tracking", a.executor, _server_resources(a, 1), "t2v-train-mlflow")
+    if a.executor == "local" and a.no_wait and server.wanted:
+        raise UserError("--tracking-server on with --no-wait needs --executor slurm: a local server "
+                        "would stop as this command returns")
+    cfg = replace(cfg, tracking_server=server.file)
+    with server:
+        o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=with_dependency(_resources(a), server.dependency),
+                    name="t2v-train", wait=not a.no_wait)
+        server.serves([o.job_id])
     if not o.ok:
         print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
         return 1

@@ -100,8 +100,13 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
                "--allowed-hosts", ",".join(sorted(hosts | {f"{h}:{port}" for h in hosts}))]
         if art := artifact_root(store_uri):
             cmd += ["--default-artifact-root", art, "--no-serve-artifacts"]
+        # SQLAlchemy's default pool (5 + 10 overflow, 30 s timeout) is smaller than the number of
+        # requests the server handles at once: with 32 busy writers, 14 of them died of "QueuePool
+        # limit ... reached" (bench/mlflow_writers.py --writers 32 --metrics 200). A bigger pool
+        # leaves the queueing to SQLite's own lock, inside this one process.
+        env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "64")}
         with open(folder / "server.log", "a") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         uri = f"http://{name}:{port}"
         deadline = time.time() + wait_s
         while proc.poll() is None and time.time() < deadline:
@@ -145,11 +150,17 @@ def _watched_over(folder) -> bool:
         return False  # not told yet: the submitter is still submitting
     if not ids:
         return True
-    states = sacct_states(ids)  # one batched call; {} when sacct is down: ask again later
+    states = sacct_states(ids)  # one batched call; {} if sacct is down (then squeue decides)
+    unknown = []
     for jid in ids:
         mine = [s for k, s in states.items() if k == jid or k.startswith(f"{jid}_")]
-        if not mine or any(s not in ENDED for s in mine):  # a requeued job is PENDING again
+        if any(s not in ENDED for s in mine):  # a requeued job is PENDING again
             return False
+        if not mine:
+            unknown.append(jid)
+    if unknown:  # no accounting record (lag, or purged): over only if the queue doesn't hold it either
+        r = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(unknown)], capture_output=True, text=True)
+        return not r.stdout.strip() and (r.returncode == 0 or "Invalid job id" in r.stderr)
     return True
 
 

@@ -172,3 +172,38 @@ def test_a_local_sweep_logs_through_its_own_server_and_stops_it(prepared, tmp_pa
     for k in kids:
         assert [m.step for m in c.get_metric_history(k.info.run_id, "loss_G")] == [1, 2]
         assert k.info.status == "FINISHED"
+
+
+@pytest.mark.slurm
+def test_a_server_job_stops_when_what_it_serves_is_gone_from_the_queue_and_accounting(slurm, tmp_path):
+    """A job id sacct has no record of (purged, say) and squeue doesn't know: not a reason to serve for ever."""
+    from pipeline.tracking_server import _watched_over, watch_jobs
+
+    assert not _watched_over(tmp_path)  # no watch file yet: the submitter is still submitting
+    watch_jobs(tmp_path, ["987654"])
+    assert _watched_over(tmp_path)
+    job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 30", "--mem", "100M"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        watch_jobs(tmp_path, ["987654", job])
+        assert not _watched_over(tmp_path)  # one still queued or running
+    finally:
+        subprocess.run(["scancel", job])
+
+
+def test_one_run_gets_a_server_only_when_asked(prepared, tmp_path):
+    from conftest import t2v
+    from test_train import TINY
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    args = ["train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--preset", "debug_cpu",
+            "--max-steps", "2", *sum((["--set", s] for s in TINY), []), "--tracking-uri", uri]
+    t2v(*args, "--run-dir", tmp_path / "plain")  # auto: one writer, straight to the store
+    t2v(*args, "--run-dir", tmp_path / "served", "--tracking-server", "on")
+    c = MlflowClient(uri)
+    tag = {d: c.get_run((tmp_path / d / "mlflow_run_id").read_text().strip()).data.tags["t2v.tracking"]
+           for d in ("plain", "served")}
+    assert tag["plain"] == uri and not (tmp_path / "plain/tracking").exists()
+    assert tag["served"] == read_server(tmp_path / "served/tracking/server.json")["uri"] != uri
+    r = t2v(*args, "--run-dir", tmp_path / "x", "--tracking-server", "on", "--no-wait", check=False)
+    assert r.returncode == 2 and "needs --executor slurm" in r.stderr
