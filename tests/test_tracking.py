@@ -207,3 +207,48 @@ def test_one_run_gets_a_server_only_when_asked(prepared, tmp_path):
     assert tag["served"] == read_server(tmp_path / "served/tracking/server.json")["uri"] != uri
     r = t2v(*args, "--run-dir", tmp_path / "x", "--tracking-server", "on", "--no-wait", check=False)
     assert r.returncode == 2 and "needs --executor slurm" in r.stderr
+
+
+@pytest.mark.slurm
+def test_a_preempted_server_job_requeues_and_its_writers_lose_nothing(slurm, tmp_path):
+    """The server job gets the preemption signal: it marks itself restarting and requeues; a
+    writer meanwhile logs to the store, then finds the requeued server at its new address."""
+    from conftest import sacct, wait_done
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")
+    folder, run_dir = tmp_path / "tracking", tmp_path / "run"
+    run_dir.mkdir()
+
+    def wait_state(state, other_than=None):
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            info = read_server(folder / "server.json") or {}
+            if info.get("state") == state and info.get("uri") != other_than:
+                return info
+            time.sleep(0.5)
+        raise AssertionError(f"server.json never {state}: {info}; {sacct(server.job)}")
+
+    with ChainServer("on", uri, folder, "slurm", Resources(cpus_per_task=1, mem_gb=1, timeout_min=10),
+                     "t2v-test-mlflow") as server:
+        first = wait_state("serving")
+        t = Tracker(uri, "many", run_dir, {"k": 1}, {}, server_file=server.file)
+        t.RECHECK_S = 0
+        for step in (1, 2, 3):
+            t.metrics(step, {"loss_G": step})
+        assert t.uri == first["uri"]
+        subprocess.run(["scancel", "--signal=USR2", server.job], check=True)
+        wait_state("restarting")
+        for step in (4, 5, 6):
+            t.metrics(step, {"loss_G": step})
+        assert t.uri == uri  # the store itself while the job is away
+        second = wait_state("serving", other_than=first["uri"])
+        for step in (7, 8, 9):
+            t.metrics(step, {"loss_G": step})
+        assert t.uri == second["uri"] and second["job_id"] == server.job
+        t.finish()
+    # Nothing left to serve (no jobs named): it stops at its next look at the watch file.
+    rows = wait_done(server.job, timeout=120)
+    assert [r["state"] for r in rows] == ["REQUEUED", "COMPLETED"], rows
+    c = MlflowClient(uri)
+    assert [m.step for m in c.get_metric_history(t.run_id, "loss_G")] == list(range(1, 10))
