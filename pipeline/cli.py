@@ -581,7 +581,7 @@ def cmd_demo(a) -> int:
                        [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo",
                         f"eval_every={a.steps // 2 if a.steps >= 30 else 0}", f"eval_data={out / 'frames-val'}",
                         f"eval_cache={cache}"])
-    train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0)
+    train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0, tracking_server="auto")
     rc = run_train(cfg, train_args)
     if rc:
         return rc
