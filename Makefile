@@ -32,7 +32,7 @@ CLUSTER := containers/slurm-local/cluster.sh
 test: setup
 	@if out=$$($(CLUSTER) up); then eval "$$(echo "$$out" | tail -n 1)"; \
 	 else export T2V_NO_SLURM="containers/slurm-local/cluster.sh up failed; see its output above"; fi; \
-	 $(VENV)/bin/python -m pytest -q; rc=$$?; $(CLUSTER) down >/dev/null 2>&1 || true; exit $$rc
+	 $(VENV)/bin/python -m pytest -q --durations=15; rc=$$?; $(CLUSTER) down >/dev/null 2>&1 || true; exit $$rc
 
 bench: setup
 	$(VENV)/bin/python bench/frames.py

@@ -97,7 +97,9 @@ def test_signal_to_one_rank_of_a_two_node_job_stops_both_cleanly(slurm, prepared
     n2; both ranks stop at the same step, rank 0 writes, the job requeues and finishes."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     run_dir = tmp_path / "two"
-    r = _train(prepared, run_dir, 60, uri, "--nodes", "2", "--tasks-per-node", "1", "--timeout-min", "10")
+    # One CPU per rank: both "nodes" share this host's cores (and torch follows SLURM_CPUS_PER_TASK).
+    r = _train(prepared, run_dir, 60, uri, "--nodes", "2", "--tasks-per-node", "1", "--timeout-min", "10",
+               "--cpus-per-task", "1")
     job = re.search(r"submitted job (\d+)", r.stderr)[1]
     _wait_for(run_dir / "logs" / f"{job}_0_log.err", r"^step 3/", 240)
     rank1 = []
