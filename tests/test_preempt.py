@@ -74,7 +74,7 @@ def test_preempting_one_sweep_task_requeues_only_that_task(slurm, prepared, tmp_
     """Lightning#15022: one preempted task requeued the whole array."""
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     r = _train(prepared, tmp_path / "sw", 120, uri, "--sweep", "lr_g=1e-4,2e-4", "--array-parallelism", "2",
-               "--timeout-min", "10")
+               "--timeout-min", "10", "--cpus-per-task", "1")  # two points side by side on this 2-core host
     array = re.search(r"submitted array (\d+) \(2 tasks\)", r.stderr)[1]
     logs = tmp_path / "sw" / "logs"
     deadline = time.time() + 240
