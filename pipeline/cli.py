@@ -442,18 +442,19 @@ def run_sweep(base, a) -> int:
     print(f"sweep {name}: {len(points)} point(s) -> " + ", ".join(Path(p.run_dir).name for p in points))
     logs = Path(base.run_dir) / "logs"
     res = _resources(a)
-    if a.dry_run:
-        if a.executor == "slurm":
-            if note := split_note(len(points), res):
-                print(note + "; the first:")
-            print(sbatch_script(logs, res, "t2v-sweep", array_size=len(points)))
-        return 0
-    parent = _parent_run(base, name)
-    folder = Path(base.run_dir) / "tracking"
     # One writer for the whole array: its own server (a local child, or a one-CPU SLURM job
     # that the points start after and that stops once they have all ended).
-    server = ChainServer(a.tracking_server, base.tracking_uri, folder, a.executor, _server_resources(a, len(points)),
-                         "t2v-sweep-mlflow", many=True)
+    server = ChainServer(a.tracking_server, base.tracking_uri, Path(base.run_dir) / "tracking", a.executor,
+                         _server_resources(a, len(points)), "t2v-sweep-mlflow", many=True, dry_run=a.dry_run)
+    if a.dry_run:
+        if a.executor == "slurm":
+            with server:  # prints its script
+                if note := split_note(len(points), res):
+                    print(note + "; the first:")
+                print(sbatch_script(logs, with_dependency(res, server.dependency), "t2v-sweep",
+                                    array_size=len(points)))
+        return 0
+    parent = _parent_run(base, name)
     if a.executor == "local" and a.no_wait and server.wanted:
         server.wanted, server.file = False, ""  # a local server would stop as this command returns
     points = [replace(p, parent_run_id=parent, tracking_server=server.file) for p in points]

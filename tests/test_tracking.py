@@ -252,3 +252,15 @@ def test_a_preempted_server_job_requeues_and_its_writers_lose_nothing(slurm, tmp
     assert [r["state"] for r in rows] == ["REQUEUED", "COMPLETED"], rows
     c = MlflowClient(uri)
     assert [m.step for m in c.get_metric_history(t.run_id, "loss_G")] == list(range(1, 10))
+
+
+def test_a_sweep_dry_run_shows_its_server_job_and_the_dependency_on_it(prepared, tmp_path):
+    from conftest import t2v
+
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", tmp_path / "sw",
+            "--preset", "debug_cpu", "--sweep", "lr_g=1e-4,2e-4", "--executor", "slurm", "--dry-run",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    server, array = r.stdout.split("#SBATCH --array=")
+    assert "#SBATCH --job-name=t2v-sweep-mlflow" in server and "#SBATCH --cpus-per-task=1" in server
+    assert "#SBATCH --dependency='after:<MLflow server job id>'" in array
+    assert not (tmp_path / "sw/tracking").exists() and not (tmp_path / "mlruns").exists()  # nothing started
