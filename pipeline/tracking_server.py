@@ -104,7 +104,10 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
         # requests the server handles at once: with 32 busy writers, 14 of them died of "QueuePool
         # limit ... reached" (bench/mlflow_writers.py --writers 32 --metrics 200). A bigger pool
         # leaves the queueing to SQLite's own lock, inside this one process.
-        env = {**os.environ, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "64")}
+        # MLflow 3's server also starts a job runner and several huey worker processes (GenAI
+        # jobs, which write to the store too): nothing here uses them, so they stay off.
+        env = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               **os.environ}
         with open(folder / "server.log", "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         uri = f"http://{name}:{port}"
