@@ -68,7 +68,7 @@ class ChainServer:
     """
 
     def __init__(self, mode: str, store_uri: str, folder: Path, kind: str, res=None, name: str = "t2v-mlflow",
-                 many: bool = False, writers: bool = True, dry_run: bool = False):
+                 many: bool = False, writers: bool = True, dry_run: bool = False, wait: bool = True):
         if mode not in ("auto", "on", "off"):
             raise UserError(f"tracking server: {mode!r} is not one of auto, on, off")
         sqlite = store_uri.startswith("sqlite:///")
@@ -76,6 +76,11 @@ class ChainServer:
             raise UserError(f"tracking server 'on' serves a sqlite:/// store; {store_uri} is served already")
         self.wanted = writers and sqlite and kind != "debug" and (
             mode == "on" or (mode == "auto" and (kind == "slurm" or many)))
+        if self.wanted and kind == "local" and not wait:  # a local server stops as the command returns
+            if mode == "on":
+                raise UserError("--tracking-server on with --no-wait needs --executor slurm: a local server "
+                                "would stop as this command returns")
+            self.wanted = False
         self.store, self.folder, self.kind, self.res, self.name = store_uri, Path(folder), kind, res, name
         self.file = str(self.folder / "server.json") if self.wanted else ""
         self.dry_run = dry_run

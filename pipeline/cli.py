@@ -397,10 +397,8 @@ def run_train(cfg, a) -> int:
         return 0
     # One run has one writer (rank 0): it gets a server of its own only when asked ("on").
     server = ChainServer("on" if a.tracking_server == "on" else "off", cfg.tracking_uri,
-                         Path(cfg.run_dir) / "tracking", a.executor, _server_resources(a, 1), "t2v-train-mlflow")
-    if a.executor == "local" and a.no_wait and server.wanted:
-        raise UserError("--tracking-server on with --no-wait needs --executor slurm: a local server "
-                        "would stop as this command returns")
+                         Path(cfg.run_dir) / "tracking", a.executor, _server_resources(a, 1), "t2v-train-mlflow",
+                         wait=not a.no_wait)
     cfg = replace(cfg, tracking_server=server.file)
     with server:
         o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=with_dependency(_resources(a), server.dependency),
@@ -445,7 +443,8 @@ def run_sweep(base, a) -> int:
     # One writer for the whole array: its own server (a local child, or a one-CPU SLURM job
     # that the points start after and that stops once they have all ended).
     server = ChainServer(a.tracking_server, base.tracking_uri, Path(base.run_dir) / "tracking", a.executor,
-                         _server_resources(a, len(points)), "t2v-sweep-mlflow", many=True, dry_run=a.dry_run)
+                         _server_resources(a, len(points)), "t2v-sweep-mlflow", many=True, dry_run=a.dry_run,
+                         wait=not a.no_wait)
     if a.dry_run:
         if a.executor == "slurm":
             with server:  # prints its script
@@ -455,8 +454,6 @@ def run_sweep(base, a) -> int:
                                     array_size=len(points)))
         return 0
     parent = _parent_run(base, name)
-    if a.executor == "local" and a.no_wait and server.wanted:
-        server.wanted, server.file = False, ""  # a local server would stop as this command returns
     points = [replace(p, parent_run_id=parent, tracking_server=server.file) for p in points]
     with server:
         outs = map_tasks(TrainTask(), points, kind=a.executor, folder=logs,
