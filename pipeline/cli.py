@@ -226,6 +226,9 @@ def cmd_toy_data(a) -> int:
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
+    print("held out of train (toy seed %d):\n  pairs    %s\n  objects  %s\n  control  %s (unreachable: its glyph "
+          "is in no training clip)" % (a.seed, "; ".join(f"{o} / {t}" for o, t in meta["heldout_pairs"]),
+                                       ", ".join(meta["heldout_objects"]), ", ".join(meta["unreachable"])))
     return 0
 
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -212,6 +212,13 @@ def _shard_attrs(data: Path) -> dict:
         return json.loads(f.attrs["config"])
 
 
+def _plain_default(v):
+    """A field default as config.json stores it (tuples as lists, paths as strings)."""
+    if isinstance(v, tuple):
+        return [_plain_default(x) for x in v]
+    return str(v) if isinstance(v, Path) else v
+
+
 def check(cfg: TrainConfig) -> dict:
     """Everything that can be wrong before a job starts; returns what the plan prints."""
     from .vocab import Vocab
@@ -236,6 +243,9 @@ def check(cfg: TrainConfig) -> dict:
     if saved.exists():
         old = json.loads(saved.read_text())
         new = to_dict(cfg)
+        # A key the saved config lacks was added to the code since: it had its default then.
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        old = {k: _plain_default(defaults[k]) for k in new if k not in old and k in defaults} | old
         diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
         if diff:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
