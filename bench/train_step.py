@@ -102,7 +102,8 @@ def main():
     nxt = batches(data, base.batch)
     results["original (eager f32 notebook loop)"] = timed(
         lambda: original_step(gan.G, gan.D_img, gan.D_vid, *opts, nxt, base.d_steps, base.gp_weight), a.steps)
-    variants = {"ours": [], "ours + channels_last": ["channels_last=true"]}
+    variants = {"ours": [], "ours + channels_last": ["channels_last=true"],
+                "ours + (2+1)D G convs": ["g_conv=2+1d"]}
     if not a.no_compile:
         variants["ours + compile(G)"] = ["compile=true"]
     for name, extra in variants.items():

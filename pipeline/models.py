@@ -82,15 +82,15 @@ class GBlock(nn.Module):
 
 
 def split_cond(cond: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(motion, content) halves of a condition: with ``parts`` = (template dims, object dims)
-    the template words drive motion and the object words the content; without, both see all."""
+    """(motion, content) of a condition: with ``parts`` = (template dims, object dims...) the
+    template words drive motion and the object words the content; without, both see all."""
     if not parts:
         return cond, cond
     return cond[:, :parts[0]], cond[:, parts[0]:]
 
 
 class Generator(nn.Module):
-    """``parts``: (template dims, object dims) of the condition. Then the GRU, which makes
+    """``parts``: (template dims, object dims...) of the condition. Then the GRU, which makes
     the motion, sees only the template words, and the conditional BatchNorms, which make
     the content, see only the object words (MoCoGAN's label-in-motion placement)."""
 
@@ -98,7 +98,7 @@ class Generator(nn.Module):
                  gru_dim: int = 256, parts=None, factorized: bool = False):
         super().__init__()
         self.parts = tuple(parts) if parts else None
-        motion_dim, content_dim = (self.parts if self.parts else (cond_dim, cond_dim))
+        motion_dim, content_dim = (self.parts[0], sum(self.parts[1:])) if self.parts else (cond_dim, cond_dim)
         n_up = int(math.log2(size // 4))
         if 4 * 2**n_up != size:
             raise ValueError(f"size must be 4 * 2^k, got {size}")
@@ -172,7 +172,7 @@ class ImageD(nn.Module):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         if self.parts:
-            cond_dim = self.parts[1]
+            cond_dim = sum(self.parts[1:])
         n = int(math.log2(size // 4))
         widths = [3] + [ch * 2 ** min(i, 3) for i in range(n + 1)]
         self.k = k

@@ -361,19 +361,25 @@ def _swap(block: torch.Tensor) -> torch.Tensor:
     return block[score.argmax(1)]
 
 
+def _one_swapped(blocks: list[torch.Tensor], which: list[int]) -> torch.Tensor:
+    """The condition with, in row i, block ``which[i % len(which)]`` taken from another row."""
+    b = len(blocks[0])
+    pick = torch.tensor(which, device=blocks[0].device)[torch.arange(b, device=blocks[0].device) % len(which)]
+    out = [torch.where((pick == k)[:, None], _swap(x), x) for k, x in enumerate(blocks)]
+    return torch.cat(out, 1)
+
+
 def mismatched(cond: torch.Tensor, kind: str, parts) -> tuple[torch.Tensor, torch.Tensor]:
     """Wrong text for real clips: (for the video D, for the image D).
 
-    "hard" keeps one part and swaps the other: half the batch gets another template with its
-    own object, half another object with its own template. The image D sees only the object
-    words, so it always gets the swapped object."""
+    "hard" keeps all but one part of the caption and swaps that one for another caption's:
+    the template (same object, another direction), or one word block of the object (same
+    direction, another shape or another colour). The image D sees only the object words (a
+    still frame can't show a direction), so it always gets an object block swapped."""
     if kind == "roll" or not parts:
         return cond.roll(1, 0), cond.roll(1, 0)
-    t, o = cond[:, :parts[0]], cond[:, parts[0]:]
-    other_t, other_o = _swap(t), _swap(o)
-    half = (torch.arange(len(cond), device=cond.device) % 2 == 0)[:, None]
-    vid = torch.where(half, torch.cat([other_t, o], 1), torch.cat([t, other_o], 1))
-    return vid, torch.cat([t, other_o], 1)
+    blocks = list(torch.split(cond, list(parts), 1))
+    return _one_swapped(blocks, list(range(len(blocks)))), _one_swapped(blocks, list(range(1, len(blocks))))
 
 
 class GAN:

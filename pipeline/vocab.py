@@ -149,14 +149,21 @@ def whitening(conds: np.ndarray, drop_null: bool = False) -> tuple[np.ndarray, n
     return mean.astype(np.float32), w.astype(np.float32)
 
 
+PARTS = (2, 1, 1)  # blocks of a parts condition, in word-vector dims: template, object head, modifiers
+
+
 def block_whitening(conds: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``parts`` mode: whiten the template block and the object block each on its own, so no
-    object word leaks into the motion path or the other way round."""
-    mt, wt = whitening(conds[:, :2 * dim], drop_null=True)
-    mo, wo = whitening(conds[:, 2 * dim:], drop_null=True)
-    w = np.zeros((4 * dim, 4 * dim), np.float32)
-    w[:2 * dim, :2 * dim], w[2 * dim:, 2 * dim:] = wt, wo
-    return np.concatenate([mt, mo]), w
+    """``parts`` mode: whiten the template, the object's head word and its modifiers each on
+    their own. No object word leaks into the motion path or the other way round, and each
+    block stays a function of its own words: swapping one block between two captions swaps
+    exactly the shape or the colour, which is what the discriminator's hard negatives do."""
+    means, w, start = [], np.zeros((4 * dim, 4 * dim), np.float32), 0
+    for size in (k * dim for k in PARTS):
+        m, wb = whitening(conds[:, start:start + size], drop_null=True)
+        means.append(m)
+        w[start:start + size, start:start + size] = wb
+        start += size
+    return np.concatenate(means), w
 
 
 def parse(cfg: VocabConfig):
@@ -358,7 +365,7 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
                                    "parts": "template mean+ramp | object head, modifiers"}[cfg.mode],
                       "dim": int(raw.shape[1]), "whitening": f"zca, eps {WHITEN_EPS} x largest eigenvalue"
                       + (", per block, null directions dropped" if cfg.mode == "parts" else ""),
-                      "parts": [2 * dim, 2 * dim] if cfg.mode == "parts" else None},
+                      "parts": [k * dim for k in PARTS] if cfg.mode == "parts" else None},
         "excluded": {r: {"count": len(ids), "ids": ids} for r, ids in sorted(excluded.items())},
         "subword_only": subword_only, "no_vector": no_vector,
         "token_counts": {t: counts.get(t, 0) for t in tokens[1:]},
@@ -396,8 +403,8 @@ class Vocab:
         return condition_dim(self.dim, self.info["mode"])
 
     @property
-    def parts(self) -> tuple[int, int] | None:
-        """(template dims, object dims) of a ``parts`` condition, else None."""
+    def parts(self) -> tuple[int, ...] | None:
+        """(template, object head, modifiers) dims of a ``parts`` condition, else None."""
         p = self.info["condition"].get("parts")
         return tuple(p) if p else None
 

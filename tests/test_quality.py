@@ -34,13 +34,17 @@ def test_a_prompt_is_matched_to_its_template_and_placeholder():
 
 def test_parts_conditions_keep_motion_and_object_apart(parts_vocab):
     v = parts_vocab
-    t_dim, o_dim = v.parts
-    assert t_dim + o_dim == v.cond_dim
+    t_dim, head_dim, mod_dim = v.parts  # template | object head word | its modifiers
+    assert t_dim + head_dim + mod_dim == v.cond_dim
     ltr = v.condition("pushing red square from left to right")
     rtl = v.condition("Pushing red square from right to left")
     blue = v.condition("pushing blue circle from left to right")
     assert np.allclose(ltr[t_dim:], rtl[t_dim:]) and not np.allclose(ltr[:t_dim], rtl[:t_dim])
     assert np.allclose(ltr[:t_dim], blue[:t_dim]) and not np.allclose(ltr[t_dim:], blue[t_dim:])
+    # Each object block is a function of its own word: a red square and a red circle share the colour block.
+    circle = v.condition("pushing red circle from left to right")
+    assert np.allclose(ltr[t_dim + head_dim:], circle[t_dim + head_dim:])
+    assert not np.allclose(ltr[t_dim:t_dim + head_dim], circle[t_dim:t_dim + head_dim])
     # A new composition is built from its words, and a word in no caption still gets a vector.
     new = v.condition("moving purple triangle down")
     assert np.isfinite(new).all() and np.abs(new).max() < 100
@@ -60,6 +64,13 @@ def test_hard_negatives_swap_exactly_one_part():
     o_same = (vid[:, 4:] == o).all(1)
     assert (t_same ^ o_same).all()  # every row: one part kept, the other swapped
     assert (~(img[:, 4:] == o).all(1)).all() and (img[:, :4] == t).all()  # the image D: another object
+    # Three blocks (template, shape, colour): each row swaps exactly one; the image D never the template.
+    c = torch.eye(3)[torch.randint(3, (12,))]
+    cond3 = torch.cat([t[:12], o[:12], c], 1)
+    vid3, img3 = mismatched(cond3, "hard", (4, 6, 3))
+    kept = torch.stack([(vid3[:, :4] == t[:12]).all(1), (vid3[:, 4:10] == o[:12]).all(1),
+                        (vid3[:, 10:] == c).all(1)], 1)
+    assert (kept.sum(1) == 2).all() and (img3[:, :4] == t[:12]).all()
     roll_vid, _ = mismatched(cond, "roll", (4, 6))
     assert torch.equal(roll_vid, cond.roll(1, 0))
 
