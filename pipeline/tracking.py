@@ -181,11 +181,14 @@ class Tracker:
         if self._call(lambda: self.client.log_batch(self.run_id, metrics=batch)):
             self.last[key] = step
 
-    def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None) -> None:
-        """Upload a file; one above ``max_mb`` is recorded as path + sha256 tags instead (an
-        upload of a multi-GB checkpoint can time out and fail the run, mlflow#7564)."""
+    def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None,
+                 run_id: str | None = None) -> None:
+        """Upload a file (to this run, or to `run_id`: a sweep's parent); one above ``max_mb`` is
+        recorded as path + sha256 tags instead (an upload of a multi-GB checkpoint can time out
+        and fail the run, mlflow#7564)."""
         if self.run_id is None:
             return
+        run_id = run_id or self.run_id
         try:
             size = Path(path).stat().st_size
         except OSError as e:
@@ -200,9 +203,9 @@ class Tracker:
                     h.update(block)
             key = f"t2v.artifact.{subdir or '.'}.{Path(path).name}"
             tags = {f"{key}.path": str(Path(path).absolute()), f"{key}.sha256": h.hexdigest(), f"{key}.bytes": str(size)}
-            self._call(lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+            self._call(lambda: [self.client.set_tag(run_id, k, v) for k, v in tags.items()])
             return
-        self._call(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
+        self._call(lambda: self.client.log_artifact(run_id, str(path), subdir))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is None:
