@@ -98,10 +98,12 @@ def _flat(cfg: dict) -> dict:
     return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in cfg.items()}
 
 
-def compare(runs, stem: Path, samples: int = 4, seed: int = 0, device="cpu", live: dict | None = None,
-            corner: str | None = None, exts=("gif", "mp4")) -> dict:
-    """Render `runs` side by side into STEM.gif/.mp4 (`exts`) and write summary.csv beside them.
+def compare(runs, out: Path, samples: int = 4, seed: int = 0, device="cpu", live: dict | None = None,
+            step: int | None = None) -> dict:
+    """Render `runs` side by side and write the comparison; returns what was written.
 
+    `out` is a .gif or .mp4 file (the table goes beside it as .csv), or a directory that gets
+    step_NNNNNN.gif, step_NNNNNN.mp4 and summary.csv (NNNNNN: `step`, else the newest step shown).
     Runs without a readable checkpoint yet are left out of the picture (and listed in the table).
     `live` maps a run dir to (G_ema, step) to render instead of its newest checkpoint.
     """
@@ -109,6 +111,9 @@ def compare(runs, stem: Path, samples: int = 4, seed: int = 0, device="cpu", liv
     from .labels import fill
     from .train import clip_prompts
 
+    out = Path(out)
+    if out.suffix and out.suffix.lower() not in (".gif", ".mp4"):
+        raise UserError(f"--out {out}: use a .gif or .mp4 file, or a directory")
     runs = [Path(r).absolute() for r in runs]
     cfgs = {r: json.loads((r / "config.json").read_text()) for r in runs}
     first = cfgs[runs[0]]
@@ -125,14 +130,19 @@ def compare(runs, stem: Path, samples: int = 4, seed: int = 0, device="cpu", liv
         blocks.append(Block(videos, _label(cfgs[r], varying, steps[r], r.name)))
     if not blocks:
         raise UserError("no run to compare has a checkpoint yet: " + "; ".join(missing))
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    step = max(steps.values()) if step is None else step
     _, c, _, _, w, _ = blocks[0].videos.shape
     scale = max(1, min(SCALE, MAX_WIDTH_PX // (len(blocks) * c * w)))
     rows = [fill(t, [o]) for t, o, _ in prompts]
-    frames = labelled(blocks, rows, [h for *_, h in prompts], corner or f"step {max(steps.values())}", scale)
-    files = [write(frames, stem.with_name(f"{stem.name}.{e}"), scale=1) for e in exts]
-    table = summary(runs, cfgs, steps, varying, stem.parent / "summary.csv")
+    frames = labelled(blocks, rows, [h for *_, h in prompts], f"step {step}", scale)
+    if out.suffix:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        files, table = [write(frames, out, scale=1)], out.with_suffix(".csv")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        files = [write(frames, out / f"step_{step:06d}.{e}", scale=1) for e in ("gif", "mp4")]
+        table = out / "summary.csv"
+    summary(runs, cfgs, steps, varying, table)
     return {"files": [str(f) for f in files], "summary": str(table), "runs": [str(r) for r in runs],
             "steps": {str(r): s for r, s in steps.items()}, "missing": missing, "varying": varying}
 
@@ -177,12 +187,12 @@ def sweep_compare(run_dir: Path, sweep: str, step: int, samples: int, seed: int,
     """
     from .train import checkpoint_paths
 
-    stem = Path(run_dir).parent / "compare" / f"step_{step:06d}"
     me = Path(run_dir).absolute()
     for _ in range(tries):
         points = sweep_points(run_dir, sweep)
         before = {p: [c.name for c in checkpoint_paths(p)][:1] for p in points if p != me}
-        r = compare(points, stem, samples, seed, device, live={me: live} if live else None)
+        r = compare(points, me.parent / "compare", samples, seed, device, live={me: live} if live else None,
+                    step=step)
         after = {p: [c.name for c in checkpoint_paths(p)][:1] for p in sweep_points(run_dir, sweep) if p != me}
         if after == before:
             break

@@ -195,3 +195,34 @@ def test_runs_table_sorts_by_loss_and_compare_view_shows_both_points(browser, sw
     d.set_window_size(1400, 2400)  # the plot, the run details and the param table in one picture
     d.save_screenshot(str(shots / "mlflow_compare.png"))
     d.set_window_size(1400, 1000)
+
+
+def test_experiment_opens_in_the_model_training_view(browser, sweep, shots):
+    """The experiment carries MLflow's kind tag for model training, and the address the pipeline
+    prints (tracking.ui_url) opens the runs table in that view, not the GenAI one."""
+    from pipeline.tracking import ui_url
+
+    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    assert MlflowClient(base).get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    text = open_page(d, ui_url(base, exp), "sw", "3 matching runs", "Model registry")
+    close_assistant(d)
+    assert "Evaluation runs" not in text and "Evaluations" not in text, text[:1500]
+    assert "/runs" in d.current_url and "workflowType=machine_learning" in d.current_url
+    d.save_screenshot(str(shots / "mlflow_experiment_view.png"))
+
+
+def test_parent_run_shows_the_sweep_compare_clip(browser, sweep, shots):
+    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    parent = sweep["parent"]
+    compare = sweep["dir"] / "compare"
+    c = MlflowClient(base)
+    arts = {a.path for a in c.list_artifacts(parent, "compare")}
+    assert {"compare/step_000002.gif", "compare/step_000002.mp4", "compare/summary.csv"} <= arts, arts
+    open_page(d, f"{base}/#/experiments/{exp}/runs/{parent}/artifacts/compare/step_000002.gif",
+              "compare/step_000002.gif", "summary.csv")
+    close_assistant(d)
+    size = wait_js(d, """
+        const im = Array.from(document.images).find(i => !i.src.startsWith('data:') && i.complete && i.naturalWidth > 0);
+        return im ? [im.naturalWidth, im.naturalHeight] : null;""", "the compare GIF rendering")
+    assert tuple(size) == clip_size(compare / "step_000002.gif")
+    d.save_screenshot(str(shots / "mlflow_sweep_compare.png"))
