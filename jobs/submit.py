@@ -107,9 +107,13 @@ class ChainServer:
             self.env = exported(new_credentials(self.folder)).__enter__()
             res = self.res or Resources(cpus_per_task=1, mem_gb=2)
             # Requeued on each timeout, so a limit shorter than the chain costs a restart, not data.
-            self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
-                               folder=self.folder / "logs", res=res, name=self.name, wait=False,
-                               max_num_timeout=100).job_id
+            try:
+                self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
+                                   folder=self.folder / "logs", res=res, name=self.name, wait=False,
+                                   max_num_timeout=100).job_id
+            except BaseException:
+                self.env.__exit__()  # `with` calls no __exit__ when __enter__ fails
+                raise
             announce(self.folder, self.job)
             print(f"MLflow server for this submission: job {self.job}; its address will be in {self.file}",
                   file=sys.stderr)

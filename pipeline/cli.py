@@ -632,8 +632,18 @@ def cmd_demo(a) -> int:
           f"  evaluation      {out / 'eval.json'}\n"
           f"  run dir         {out / 'run'} (checkpoints, config, generator.pt)\n"
           f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri {uri}\n"
-          "                  then open http://127.0.0.1:5000, experiment 'demo'")
+          f"                  then open {_demo_ui(uri)}")
     return 0
+
+
+def _demo_ui(uri: str) -> str:
+    """The demo experiment's runs table in the model-training view (see docs/mlflow-ui.md)."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import ui_url
+
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("demo")
+    return ui_url("http://127.0.0.1:5000", exp.experiment_id) if exp else "http://127.0.0.1:5000, experiment 'demo'"
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ on the sweep's parent run. ``t2v compare`` does the same for any runs a user nam
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import sys
@@ -54,7 +55,7 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
     """
     from .clips import to_uint8
     from .sample import load_generator
-    from .train import prompt_conditions, render_clips
+    from .train import render_clips
 
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     if live is None:
@@ -62,8 +63,17 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
         G, step = g.G, g.step
     else:
         G, step = live
-    cond = prompt_conditions(Path(cfg["vocab"]), prompts)
+    cond = _conditions(str(cfg["vocab"]), tuple(prompts))
     return to_uint8(render_clips(G, cond, samples, seed, device)), step
+
+
+@functools.lru_cache(maxsize=8)
+def _conditions(vocab_dir: str, prompts: tuple):
+    """Prompt conditions per vocab: a sweep's points share one, and loading it (a pretrained
+    fastText model, perhaps) once per point and tick would cost more than the rendering."""
+    from .train import prompt_conditions
+
+    return prompt_conditions(Path(vocab_dir), prompts)
 
 
 def _label(cfg: dict, varying: list[str], step: int, name: str) -> str:
