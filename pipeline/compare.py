@@ -54,8 +54,8 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
     the prompts, and training's clip renderer with one seed for every run.
     """
     from .clips import to_uint8
+    from .models import render
     from .sample import load_generator
-    from .train import render_clips
 
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     if live is None:
@@ -64,7 +64,7 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
     else:
         G, step = live
     cond = _conditions(str(cfg["vocab"]), tuple(prompts))
-    return to_uint8(render_clips(G, cond, samples, seed, device)), step
+    return to_uint8(render(G, cond, samples, seed, device)), step
 
 
 @functools.lru_cache(maxsize=8)
