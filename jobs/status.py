@@ -99,6 +99,12 @@ def run_status(run_dir: Path) -> int:
     run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else "-"
     print(f"run {run_dir}: {'done' if done else 'not done'}, newest checkpoint step {step} of "
           f"{cfg['max_steps']}, MLflow run {run_id}")
+    grids = sorted((run_dir / "clips").glob("step_*.gif"))
+    print(f"  latest clips  {grids[-1] if grids else 'none yet'}")
+    if run_id != "-":
+        from pipeline.tracking import run_ui
+
+        print(f"  MLflow UI     {run_ui(cfg, run_id)}")
     jobs = sorted({p.name.split("_")[0] for p in (run_dir / "logs").glob("*_log.err")}, key=int)
     _print_jobs(jobs, run_dir / "logs")
     if done:

@@ -84,7 +84,7 @@ class ChainServer:
         self.store, self.folder, self.kind, self.res, self.name = store_uri, Path(folder), kind, res, name
         self.file = str(self.folder / "server.json") if self.wanted else ""
         self.dry_run = dry_run
-        self.job, self.local, self.jobs = None, None, []
+        self.job, self.local, self.jobs, self.env = None, None, [], None
 
     def __enter__(self) -> "ChainServer":
         if not self.wanted:
@@ -96,17 +96,24 @@ class ChainServer:
                 print(f"\n# ---- MLflow server (serves {self.store}) ----")
                 print(sbatch_script(self.folder / "logs", self.res, self.name))
             return self
-        from pipeline.tracking_server import LocalServer, announce
+        from pipeline.tracking_server import LocalServer, announce, exported, new_credentials
 
         if self.kind == "slurm":
             from jobs.executor import Resources, run_job
             from jobs.tasks import TrackingServerTask
 
+            # The server's password, new for this submission; the jobs submitted from here on
+            # carry it in their environment (sbatch copies ours), none on a command line.
+            self.env = exported(new_credentials(self.folder)).__enter__()
             res = self.res or Resources(cpus_per_task=1, mem_gb=2)
             # Requeued on each timeout, so a limit shorter than the chain costs a restart, not data.
-            self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
-                               folder=self.folder / "logs", res=res, name=self.name, wait=False,
-                               max_num_timeout=100).job_id
+            try:
+                self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
+                                   folder=self.folder / "logs", res=res, name=self.name, wait=False,
+                                   max_num_timeout=100).job_id
+            except BaseException:
+                self.env.__exit__()  # `with` calls no __exit__ when __enter__ fails
+                raise
             announce(self.folder, self.job)
             print(f"MLflow server for this submission: job {self.job}; its address will be in {self.file}",
                   file=sys.stderr)
@@ -131,6 +138,8 @@ class ChainServer:
             watch_jobs(self.folder, sorted(set(self.jobs), key=int))
         if self.local:
             self.local.__exit__(*exc)
+        if self.env:
+            self.env.__exit__(*exc)
 
 
 def with_dependency(res, extra: str | None):

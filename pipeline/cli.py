@@ -56,6 +56,12 @@ Rows are prompts, columns samples; words never seen in training get vectors from
 Writes RUN_DIR/eval.json and logs the metrics on the run's MLflow run. The evaluator is trained
 once per dataset and cached (by a hash of the manifests) in <first --data>/evaluators/.
 """,
+    "compare": """examples:
+  t2v compare runs/sw --out sw.gif                  # every point of a sweep, side by side (+ sw.csv)
+  t2v compare runs/a runs/b other/sw --out cmp/     # any runs, from any sweeps: GIF, MP4, summary.csv
+Each block is one run's newest checkpoint on the same prompts from the same noise, titled with the
+settings that differ between the runs; summary.csv holds every run's params and latest metrics.
+""",
     "submit": """examples:
   t2v submit jobs/toy.yaml                               # every stage, in order, locally
   t2v submit jobs/toy.yaml --executor slurm              # chained with afterok; returns at once
@@ -189,6 +195,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator-steps", type=int, default=400, help="evaluator training steps (default 400)")
     p.add_argument("--min-clips", type=int, default=3, help="real clips an object needs to be a class (default 3)")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+
+    p = cmd("compare", "Put runs side by side by their clips: one labelled block per run, plus summary.csv.")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR_OR_SWEEP_DIR")
+    p.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.mp4 (table beside it as FILE.csv), "
+                   "or a directory (step_N.gif, step_N.mp4, summary.csv)")
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt and run (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="the noise every run gets (default 0)")
 
     p = cmd("submit", "Run an experiment spec (jobs/*.yaml): its stages in order, or chained on SLURM.")
     p.add_argument("spec", type=Path)
@@ -531,6 +544,21 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_compare(a) -> int:
+    from .compare import compare, run_dirs
+
+    if a.samples < 1:
+        raise UserError("--samples must be >= 1")
+    r = compare(run_dirs(a.runs), a.out, a.samples, a.seed)
+    print(f"{len(r['steps'])} run(s) side by side" + (f" (differing in {', '.join(r['varying'])})"
+                                                      if r["varying"] else ""))
+    for m in r["missing"]:
+        print(f"  left out: {m}", file=sys.stderr)
+    for f in (*r["files"], r["summary"]):
+        print(f"  {f}")
+    return 0
+
+
 def cmd_submit(a) -> int:
     from jobs.submit import submit
 
@@ -624,14 +652,25 @@ def cmd_demo(a) -> int:
           f"  evaluation      {out / 'eval.json'}\n"
           f"  run dir         {out / 'run'} (checkpoints, config, generator.pt)\n"
           f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri {uri}\n"
-          "                  then open http://127.0.0.1:5000, experiment 'demo'")
+          f"                  then open {_demo_ui(uri)}")
     return 0
+
+
+def _demo_ui(uri: str) -> str:
+    """The demo experiment's runs table in the model-training view (see docs/mlflow-ui.md)."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking import ui_url
+
+    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("demo")
+    return ui_url("http://127.0.0.1:5000", exp.experiment_id) if exp else "http://127.0.0.1:5000, experiment 'demo'"
 
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
     handler = {"toy-data": cmd_toy_data, "frames": cmd_frames, "vocab": cmd_vocab, "neighbors": cmd_neighbors,
-               "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "submit": cmd_submit,
+               "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "compare": cmd_compare,
+               "submit": cmd_submit,
                "status": cmd_status,
                "demo": cmd_demo}[a.cmd]
     try:

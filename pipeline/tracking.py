@@ -15,6 +15,12 @@ import time
 from pathlib import Path
 
 KEY_METRIC = "loss_G"  # logged every tick; its history says where a resumed run left off
+# MLflow 3 knows two kinds of experiment: GenAI (traces, evaluations) and model training. The
+# kind tag records ours. The UI of MLflow 3.17 no longer reads that tag for its navigation: it
+# takes the view from the page address (?workflowType=), else from the browser's last choice,
+# else GenAI. So every UI address this pipeline prints names the view too (`ui_url`).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_VIEW = "workflowType=machine_learning"
 
 
 def default_uri(base: Path) -> str:
@@ -42,15 +48,41 @@ def prepare_store(uri: str, experiment: str, client=None) -> str:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = client or MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    if exp is not None:
-        return exp.experiment_id
+    if exp is None:
+        try:
+            exp = client.get_experiment(client.create_experiment(experiment, artifact_location=artifact_root(uri)))
+        except Exception:  # noqa: BLE001  created by someone else meanwhile
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND[0] not in exp.tags:  # a kind the user picked in the UI stays
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI address of an experiment's runs table (or of one run) in the model-training view."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?{UI_VIEW}"
+
+
+def run_ui(run_cfg: dict, run_id: str) -> str:
+    """Where to see a run: the address of its page (through its chain's server while that
+    serves), or for a SQLite store the `mlflow ui` command and then the address."""
+    from mlflow.tracking import MlflowClient
+
+    from .tracking_server import resolve
+
+    store = run_cfg.get("tracking_uri") or ""
+    uri = resolve(store, run_cfg.get("tracking_server"))
     try:
-        return client.create_experiment(experiment, artifact_location=artifact_root(uri))
-    except Exception:  # noqa: BLE001  created by someone else meanwhile
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        exp = MlflowClient(tracking_uri=store if store.startswith("sqlite:") else uri).get_run(run_id).info.experiment_id
+    except Exception as e:  # noqa: BLE001
+        return f"(run {run_id} not readable at {store}: {type(e).__name__})"
+    if uri.startswith("http"):
+        served = " (the chain's server: user and password in its tracking/credentials.json)" if uri != store else ""
+        return ui_url(uri, exp, run_id) + served
+    return f"{ui_url('http://127.0.0.1:5000', exp, run_id)} after `mlflow ui --backend-store-uri {store}`"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -181,11 +213,14 @@ class Tracker:
         if self._call(lambda: self.client.log_batch(self.run_id, metrics=batch)):
             self.last[key] = step
 
-    def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None) -> None:
-        """Upload a file; one above ``max_mb`` is recorded as path + sha256 tags instead (an
-        upload of a multi-GB checkpoint can time out and fail the run, mlflow#7564)."""
+    def artifact(self, path: Path, subdir: str | None = None, max_mb: float | None = None,
+                 run_id: str | None = None) -> None:
+        """Upload a file (to this run, or to `run_id`: a sweep's parent); one above ``max_mb`` is
+        recorded as path + sha256 tags instead (an upload of a multi-GB checkpoint can time out
+        and fail the run, mlflow#7564)."""
         if self.run_id is None:
             return
+        run_id = run_id or self.run_id
         try:
             size = Path(path).stat().st_size
         except OSError as e:
@@ -200,9 +235,9 @@ class Tracker:
                     h.update(block)
             key = f"t2v.artifact.{subdir or '.'}.{Path(path).name}"
             tags = {f"{key}.path": str(Path(path).absolute()), f"{key}.sha256": h.hexdigest(), f"{key}.bytes": str(size)}
-            self._call(lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+            self._call(lambda: [self.client.set_tag(run_id, k, v) for k, v in tags.items()])
             return
-        self._call(lambda: self.client.log_artifact(self.run_id, str(path), subdir))
+        self._call(lambda: self.client.log_artifact(run_id, str(path), subdir))
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id is None:

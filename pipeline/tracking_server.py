@@ -10,6 +10,13 @@ no metric is dropped for want of a server.
 
 Artifacts bypass the server: the experiment's artifact location is a directory beside the
 store (`tracking.artifact_root`), which every task writes to on the shared file system.
+
+The server belongs to whoever submitted: MLflow's basic-auth app, with one user (the
+submitter's login name) and a password generated per submission. Both live in
+DIR/credentials.json (mode 0600); the submitter hands them to its tasks in their environment
+(MLFLOW_TRACKING_USERNAME/PASSWORD, which MLflow's client reads), never on a command line.
+A request without them is refused (401), reads included. On SLURM the server listens on the
+address its node's name resolves to (T2V_MLFLOW_BIND overrides), never on every interface.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import urllib.request
 from pathlib import Path
 
 SERVER_FILE = "server.json"  # {"state", "uri", "host", "port", "pid", "job_id", "store", "time"}
+CREDENTIALS_FILE = "credentials.json"  # {"username", "password", "secret_key"}, mode 0600
+AUTH_DB, AUTH_INI = "auth.db", "auth.ini"  # the basic-auth app's user store and its settings
 WATCH_FILE = "watch.json"    # {"jobs": [...]}: the SLURM jobs the server outlives
 # server.json's states: "starting" (job submitted), "serving" (uri answers), "restarting" (job
 # requeued), "stopped" (its jobs have ended). Tasks wait for the first and third, not the last.
@@ -73,6 +82,83 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def new_credentials(folder) -> dict:
+    """A fresh user/password for one submission, written to FOLDER/credentials.json (0600).
+
+    The previous submission's user store goes with the old password: the auth app keeps the
+    admin user it finds and would refuse the new password otherwise."""
+    import getpass
+    import secrets
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    creds = {"username": getpass.getuser(), "password": secrets.token_urlsafe(24),
+             "secret_key": secrets.token_urlsafe(32)}  # Flask's CSRF key, static across workers
+    tmp = folder / f".{CREDENTIALS_FILE}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f)
+    os.replace(tmp, folder / CREDENTIALS_FILE)
+    (folder / AUTH_DB).unlink(missing_ok=True)
+    return creds
+
+
+def credentials(folder) -> dict:
+    """The submission's credentials (see new_credentials); made now if it has none yet."""
+    try:
+        return json.loads((Path(folder) / CREDENTIALS_FILE).read_text())
+    except (OSError, ValueError):
+        return new_credentials(folder)
+
+
+class exported:
+    """`with exported(creds):` this process's environment holds the client credentials, so the
+    tasks it starts (local subprocesses, sbatch jobs: both copy it) inherit them."""
+
+    def __init__(self, creds: dict):
+        self.env, self.saved = client_env(creds), {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def client_env(creds: dict) -> dict:
+    """What a task's environment needs to talk to the server (MLflow's client reads these)."""
+    return {"MLFLOW_TRACKING_USERNAME": creds["username"], "MLFLOW_TRACKING_PASSWORD": creds["password"]}
+
+
+def bind_address(host: str) -> str:
+    """The address a server on node `host` listens on: the one its name resolves to, which is
+    what tasks on other nodes connect to (T2V_MLFLOW_BIND overrides, e.g. where the node's
+    name resolves to a loopback address locally but to its network address elsewhere)."""
+    return os.environ.get("T2V_MLFLOW_BIND") or socket.gethostbyname(host)
+
+
+def _auth_env(folder: Path) -> dict:
+    """The server process's environment for the basic-auth app: settings file, admin, keys."""
+    creds = credentials(folder)
+    ini = folder / AUTH_INI
+    ini.unlink(missing_ok=True)
+    fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # older MLflow reads the password here
+    with os.fdopen(fd, "w") as f:
+        f.write("[mlflow]\n"
+                "default_permission = NO_PERMISSIONS\n"  # the owner (admin) is the only user
+                f"database_uri = sqlite:///{(folder / AUTH_DB).absolute()}\n"
+                f"admin_username = {creds['username']}\n"
+                f"admin_password = {creds['password']}\n")
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": creds["password"],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["secret_key"]}
+
+
 def _free_port(bind: str) -> int:
     with socket.socket() as s:
         s.bind((bind, 0))
@@ -81,20 +167,22 @@ def _free_port(bind: str) -> int:
 
 def start(store_uri: str, folder, public_host: str | None = None, workers: int = 1,
           wait_s: float = 120.0) -> subprocess.Popen:
-    """Start `mlflow server` on the store; return once it answers and server.json names it.
+    """Start `mlflow server` (basic-auth app, FOLDER/credentials.json) on the store; return once
+    it answers and server.json names it.
 
     Without `public_host` it listens on loopback only (local executor). With one it listens on
-    every interface and admits that host name, which is what tasks on other nodes connect to.
+    that host's own address and admits its name, which is what tasks on other nodes connect to.
     """
     from .tracking import artifact_root
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    bind, name = ("0.0.0.0", public_host) if public_host else ("127.0.0.1", "127.0.0.1")
+    bind, name = (bind_address(public_host), public_host) if public_host else ("127.0.0.1", "127.0.0.1")
+    auth = _auth_env(folder)
     for _ in range(3):  # the free port may be taken between asking and binding: try another
         port = _free_port(bind)
-        hosts = {name, socket.getfqdn() if public_host else name, "localhost", "127.0.0.1"}
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_uri,
+        hosts = {name, bind, socket.getfqdn() if public_host else name, "localhost", "127.0.0.1"}
+        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", store_uri,
                "--host", bind, "--port", str(port), "--workers", str(workers),
                # mlflow 3 refuses Host headers it doesn't know (DNS-rebinding guard): name ours.
                "--allowed-hosts", ",".join(sorted(hosts | {f"{h}:{port}" for h in hosts}))]
@@ -107,7 +195,7 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
         # MLflow 3's server also starts a job runner and several huey worker processes (GenAI
         # jobs, which write to the store too): nothing here uses them, so they stay off.
         env = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **os.environ}
+               **os.environ, **auth}
         with open(folder / "server.log", "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         uri = f"http://{name}:{port}"
@@ -192,10 +280,15 @@ class LocalServer:
 
     def __init__(self, store_uri: str, folder):
         self.store_uri, self.folder = store_uri, Path(folder)
-        self.proc = None
+        self.proc, self.env = None, None
 
     def __enter__(self) -> "LocalServer":
-        self.proc = start(self.store_uri, self.folder)
+        self.env = exported(new_credentials(self.folder)).__enter__()  # for the tasks started meanwhile
+        try:
+            self.proc = start(self.store_uri, self.folder)
+        except BaseException:
+            self.env.__exit__()
+            raise
         return self
 
     @property
@@ -203,4 +296,7 @@ class LocalServer:
         return (read_server(self.folder / SERVER_FILE) or {}).get("uri", "")
 
     def __exit__(self, *exc) -> None:
-        stop(self.proc, self.folder)
+        try:
+            stop(self.proc, self.folder)
+        finally:
+            self.env.__exit__()

@@ -617,13 +617,25 @@ def run(cfg: TrainConfig) -> dict:
     def clips(step_now: int) -> None:
         if not env.main:
             return
-        from .clips import grid, to_uint8, write
+        from .clips import Block, labelled, to_uint8, write_both
+        from .labels import fill
 
         videos = to_uint8(render(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
-        g = grid(videos)
-        for ext in ("gif", "mp4"):
-            p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
+        frames = labelled([Block(videos)], [fill(t, [o]) for t, o, _ in prompts], [h for *_, h in prompts],
+                          f"step {step_now}")
+        for p in write_both(frames, run_dir / "clips" / f"step_{step_now:06d}"):
             tracker.artifact(p, "clips")
+        if cfg.sweep and cfg.parent_run_id:  # the sweep's points side by side, on its parent run
+            from .compare import sweep_compare
+
+            try:
+                r = sweep_compare(run_dir, cfg.sweep, step_now, cfg.clip_samples, cfg.seed, device,
+                                  live=(gan.G_ema, step_now))
+                for p in (*r["files"], r["summary"]):
+                    tracker.artifact(Path(p), "compare", run_id=cfg.parent_run_id)
+            except Exception as e:  # noqa: BLE001  a comparison is never worth a training run
+                print(f"warning: sweep comparison at step {step_now} failed ({type(e).__name__}: {e})",
+                      file=sys.stderr)
         rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
         rows.write_text(json.dumps(
             [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))

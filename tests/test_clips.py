@@ -70,3 +70,69 @@ def test_gif_beside_it_has_every_frame_at_the_same_size(frames, tmp_path):
     assert v["codec_name"] == "gif" and (v["width"], v["height"]) == (68, 44)
     with av.open(str(path)) as f:
         assert sum(1 for _ in f.decode(video=0)) == 6
+
+
+ROWS = ["pushing red square from left to right", "moving blue circle up", "moving digit five down",
+        "pushing red square from right to left", "moving yellow triangle up"]
+HELD = [False, False, False, True, True]
+
+
+@pytest.fixture(scope="module")
+def default_grid():
+    """What training writes by default: 5 prompts x 4 samples of 16 frames at 32 px, from a real
+    (untrained, so noisy: the hardest case for a GIF) generator."""
+    import torch
+
+    from pipeline.clips import Block, labelled, to_uint8
+    from pipeline.models import Generator
+
+    torch.manual_seed(0)
+    G = Generator(50, 16, 8, 16, 32, 64).eval()
+    with torch.no_grad():
+        videos = to_uint8(G(torch.randn(20, 50), torch.randn(20, 16, 16))).reshape(5, 4, 16, 32, 32, 3)
+    return videos, labelled([Block(videos)], ROWS, HELD, "step 300")
+
+
+def ink(region) -> int:
+    """Pixels clearly darker than the paper: text drawn there."""
+    return int((region.min(axis=-1) < 160).sum())
+
+
+def test_labelled_grid_has_prompt_bands_column_headers_and_the_step(default_grid):
+    from pipeline.clips import BAND, GUTTER, SCALE
+
+    videos, frames = default_grid
+    cell = 32 * SCALE
+    assert frames.shape == (16, 2 * BAND + 5 * (BAND + cell + GUTTER), 4 * (cell + GUTTER) - GUTTER, 3)
+    first = frames[0]
+    assert ink(first[:BAND, :80]) > 20  # "step 300" in the corner
+    for j in range(4):  # "sample j" over each column
+        assert ink(first[BAND:2 * BAND, j * (cell + GUTTER):(j + 1) * (cell + GUTTER) - GUTTER]) > 20
+    for i in range(5):
+        y = 2 * BAND + i * (BAND + cell + GUTTER)
+        band = first[y:y + BAND - 2]
+        assert ink(band) > 50, i  # the prompt as text
+        held = (np.abs(band[2, -5].astype(int) - (255, 228, 196)) < 3).all()  # the held-out band's colour
+        assert held == HELD[i], i
+        # The clip itself, upscaled with nearest neighbour, on every frame.
+        np.testing.assert_array_equal(frames[:, y + BAND:y + BAND + cell:SCALE, :cell:SCALE], videos[i, 0])
+    assert (frames[:, :2 * BAND] == frames[0, :2 * BAND]).all()  # the labels hold still
+
+
+def test_gif_and_mp4_show_the_same_labelled_picture_and_the_gif_stays_small(default_grid, tmp_path):
+    from pipeline.clips import write_both
+
+    _, frames = default_grid
+    gif, mp4 = write_both(frames, tmp_path / "step_000300")
+    assert (gif.name, mp4.name) == ("step_000300.gif", "step_000300.mp4")
+    assert gif.stat().st_size < 2**20, gif.stat().st_size  # was 2.77 MB unlabelled at 4x with dithering
+    decoded = {}
+    for p in (gif, mp4):
+        with av.open(str(p)) as f:
+            decoded[p.suffix] = np.stack([fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)])
+    t, h, w, _ = frames.shape
+    assert decoded[".gif"].shape == (t, h, w, 3)
+    assert decoded[".mp4"].shape[:3] == (t, h + h % 2, w + w % 2)
+    a, b = decoded[".gif"].astype(int), decoded[".mp4"][:, :h, :w].astype(int)
+    assert np.abs(a - frames).mean() < 6 and np.abs(b - frames).mean() < 6 and np.abs(a - b).mean() < 8
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind

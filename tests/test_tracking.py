@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from jobs.executor import Resources, map_tasks
 from jobs.submit import ChainServer
 from pipeline.tracking import Tracker, prepare_store
-from pipeline.tracking_server import LocalServer, read_server, resolve, start, stop
+from pipeline.tracking_server import LocalServer, client_env, credentials, read_server, resolve, start, stop
 
 WRITER = """
 import sys
@@ -73,12 +73,14 @@ def test_sixteen_concurrent_writers_through_the_pipeline_server_all_arrive(tmp_p
     assert_all_arrived(uri, via=via)
 
 
-def test_a_tracker_falls_back_to_the_store_and_returns_to_a_new_server(tmp_path, capsys):
+def test_a_tracker_falls_back_to_the_store_and_returns_to_a_new_server(tmp_path, capsys, monkeypatch):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     prepare_store(uri, "many")
     folder, run_dir = tmp_path / "tracking", tmp_path / "run"
     run_dir.mkdir()
     proc = start(uri, folder)
+    for k, v in client_env(credentials(folder)).items():  # what a submitted task's environment holds
+        monkeypatch.setenv(k, v)
     first = read_server(folder / "server.json")["uri"]
     t = Tracker(uri, "many", run_dir, {"k": 1}, {}, server_file=str(folder / "server.json"))
     assert t.uri == first
@@ -172,6 +174,23 @@ def test_a_local_sweep_logs_through_its_own_server_and_stops_it(prepared, tmp_pa
     for k in kids:
         assert [m.step for m in c.get_metric_history(k.info.run_id, "loss_G")] == [1, 2]
         assert k.info.status == "FINISHED"
+    # Its points compared by their clips, on the parent run (written through the same server).
+    parent = (tmp_path / "sw/mlflow_run_id").read_text().strip()
+    assert {a.path for a in c.list_artifacts(parent, "compare")} >= {
+        "compare/step_000002.gif", "compare/step_000002.mp4", "compare/summary.csv"}
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "sw/compare/summary.csv")))
+    assert [(r["run"], r["lr_g"], r["step"]) for r in rows] == [("lr_g-1e-4", "0.0001", "2"), ("lr_g-2e-4", "0.0002", "2")]
+    assert all(float(r["loss_G"]) == c.get_run(r["mlflow_run_id"]).data.metrics["loss_G"] for r in rows)
+    assert "batch" in rows[0] and "MLFLOW_TRACKING_PASSWORD" not in __import__("os").environ
+    # The same for any runs, e.g. one point against the whole sweep: each run once, blocks side by side.
+    out = t2v("compare", tmp_path / "sw/lr_g-2e-4", tmp_path / "sw", "--out", tmp_path / "cmp.gif", "--samples", "2")
+    assert "2 run(s) side by side (differing in lr_g)" in out.stdout and (tmp_path / "cmp.csv").exists()
+    rows = list(csv.DictReader(open(tmp_path / "cmp.csv")))
+    assert [r["run"] for r in rows] == ["lr_g-2e-4", "lr_g-1e-4"]
+    bad = t2v("compare", tmp_path / "nothing", "--out", tmp_path / "x.gif", check=False)
+    assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slurm
@@ -264,3 +283,91 @@ def test_a_sweep_dry_run_shows_its_server_job_and_the_dependency_on_it(prepared,
     assert "#SBATCH --job-name=t2v-sweep-mlflow" in server and "#SBATCH --cpus-per-task=1" in server
     assert "#SBATCH --dependency='after:<MLflow server job id>'" in array
     assert not (tmp_path / "sw/tracking").exists() and not (tmp_path / "mlruns").exists()  # nothing started
+
+
+def http(url: str, method="GET", body=None, auth=None) -> int:
+    """A plain HTTP client (urllib): the status code of one request."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    if auth:
+        req.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def listening(port: int) -> list[str]:
+    """The local addresses (IPv4, dotted) that a socket listens on at `port`, from /proc/net/tcp."""
+    import socket
+    import struct
+
+    out = []
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:  # 0A: LISTEN
+            out.append(socket.inet_ntoa(struct.pack("<I", int(addr, 16))))
+    return out
+
+
+def test_the_pipeline_server_answers_only_its_owner(tmp_path):
+    """basic-auth: the submission's password in a 0600 file and in its tasks' environment;
+    without it a plain HTTP client can neither create a run nor read a metric."""
+    import os
+    import stat
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    exp = prepare_store(uri, "many")
+    folder = tmp_path / "tracking"
+    with LocalServer(uri, folder) as server:
+        creds = json.loads((folder / "credentials.json").read_text())
+        assert stat.S_IMODE((folder / "credentials.json").stat().st_mode) == 0o600
+        assert stat.S_IMODE((folder / "auth.ini").stat().st_mode) == 0o600
+        assert os.environ["MLFLOW_TRACKING_PASSWORD"] == creds["password"]  # what its tasks inherit
+        c = MlflowClient(server.uri)  # the owner: MLflow's client reads the environment
+        run = c.create_run(exp).info.run_id
+        c.log_metric(run, "loss_G", 0.5, step=1)
+        api = f"{server.uri}/api/2.0/mlflow"
+        history = f"{api}/metrics/get-history?run_id={run}&metric_key=loss_G"
+        create = dict(url=f"{api}/runs/create", method="POST", body={"experiment_id": exp})
+        assert http(**create) == 401 and http(history) == 401 and http(f"{api}/runs/get?run_id={run}") == 401
+        assert http(**create, auth=(creds["username"], "guess")) == 401
+        assert http(history, auth=(creds["username"], creds["password"])) == 200
+        assert http(**create, auth=(creds["username"], creds["password"])) == 200
+        assert http(f"{server.uri}/health") == 200  # what tasks poll to find it
+        # Never on a command line (any process of the server's session) or in its log.
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        session = []
+        for p in pids:
+            try:
+                if os.getsid(int(p)) == server.proc.pid:
+                    session.append(open(f"/proc/{p}/cmdline", "rb").read())
+            except OSError:
+                continue
+        assert session and not any(creds["password"].encode() in cmd for cmd in session)
+        assert creds["password"] not in (folder / "server.log").read_text()
+        assert listening(read_server(folder / "server.json")["port"]) == ["127.0.0.1"]
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # this process's environment as it was
+    assert [m.value for m in MlflowClient(uri).get_metric_history(run, "loss_G")] == [0.5]
+
+
+def test_a_node_server_listens_on_its_nodes_address_only(tmp_path):
+    """The SLURM form's binding (`serve` passes the node's name): that name's address, not 0.0.0.0."""
+    import socket
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(uri, "many")
+    host = socket.gethostname()
+    proc = start(uri, tmp_path / "tracking", public_host=host)
+    try:
+        info = read_server(tmp_path / "tracking/server.json")
+        assert info["uri"] == f"http://{host}:{info['port']}"
+        assert listening(info["port"]) == [socket.gethostbyname(host)] != ["0.0.0.0"]
+    finally:
+        stop(proc, tmp_path / "tracking")

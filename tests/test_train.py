@@ -284,7 +284,11 @@ def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
 
     run_dir = prepared / "status"
     run(cfg(prepared, run_dir, 3))
-    assert "done, newest checkpoint step 3 of 3" in t2v("status", run_dir).stdout
+    out = t2v("status", run_dir).stdout
+    assert "done, newest checkpoint step 3 of 3" in out
+    assert f"latest clips  {run_dir / 'clips' / 'step_000003.gif'}" in out  # where the picture is
+    run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert f"/runs/{run_id}?workflowType=machine_learning after `mlflow ui --backend-store-uri sqlite:///" in out
     c = json.loads((run_dir / "config.json").read_text())
     c["max_steps"] = 5  # as if the job had died before step 5
     (run_dir / "config.json").write_text(json.dumps(c))

@@ -4,10 +4,12 @@ A two-point sweep of a few training steps logs to a real `mlflow server` on loop
 The test then looks at what a user would: a point's run page (the training metrics
 with their logged values), its clip artifacts (the GIF decodes; the MP4's <video>
 loads and plays), the runs table sorted by loss_G with the sweep's parent run, and
-the compare view of both points. Screenshots go to $T2V_TEST_ARTIFACTS (default
+the compare view of both points, the experiment's view, and the sweep's compare clip on its
+parent run. Screenshots go to $T2V_TEST_ARTIFACTS (default
 test-artifacts/ in the repo root).
 
-URLs of MLflow 3.17's single-page UI, checked against a running server:
+URLs of MLflow 3.17's single-page UI, checked against a running server (each with
+?workflowType=machine_learning, the model-training view: pipeline/tracking.py ui_url):
   #/experiments/<exp>/runs/<run>                    run overview: metrics, params, tags
   #/experiments/<exp>/runs/<run>/artifacts/<path>   artifact view: <img> for a GIF, <video> for an MP4
   #/experiments/<exp>/runs?workflowType=machine_learning&orderByKey=metrics.`loss_G`&orderByAsc=true
@@ -24,6 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import t2v
+from pipeline.tracking import UI_VIEW
 from test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +137,7 @@ def test_run_page_shows_metrics_and_playable_clips(browser, sweep, shots):
     clips = sweep["dir"] / "lr_g-1e-4" / "clips"
 
     # Overview: every training metric, with the value training logged last.
-    text = open_page(d, f"{base}/#/experiments/{exp}/runs/{rid}", "lr_g-1e-4", *TRAIN_METRICS)
+    text = open_page(d, f"{base}/#/experiments/{exp}/runs/{rid}?{UI_VIEW}", "lr_g-1e-4", *TRAIN_METRICS)
     close_assistant(d)
     for key in ("loss_G", "loss_D"):
         assert repr(run.data.metrics[key]) in text, (key, run.data.metrics[key])
@@ -142,7 +145,7 @@ def test_run_page_shows_metrics_and_playable_clips(browser, sweep, shots):
     d.save_screenshot(str(shots / "mlflow_run.png"))
 
     # The GIF in the artifact view: listed, and decoded by the browser at its real size.
-    open_page(d, f"{base}/#/experiments/{exp}/runs/{rid}/artifacts/clips/step_000002.gif",
+    open_page(d, f"{base}/#/experiments/{exp}/runs/{rid}/artifacts/clips/step_000002.gif?{UI_VIEW}",
               "clips/step_000002.gif", "step_000002.mp4", "prompts.json")
     size = wait_js(d, """
         const im = Array.from(document.images).find(i => !i.src.startsWith('data:') && i.complete && i.naturalWidth > 0);
@@ -177,7 +180,7 @@ def test_runs_table_sorts_by_loss_and_compare_view_shows_both_points(browser, sw
 
     # The runs table ("Model training" view), sorted by loss_G: the points in that order, and the parent.
     order = "&orderByKey=" + urllib.parse.quote("metrics.`loss_G`") + "&orderByAsc=true"
-    text = open_page(d, f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning{order}",
+    text = open_page(d, f"{base}/#/experiments/{exp}/runs?{UI_VIEW}{order}",
                      "Sort: loss_G", "lr_g-1e-4", "lr_g-2e-4", "3 matching runs")
     close_assistant(d)
     by_loss = sorted(points, key=lambda n: points[n].data.metrics["loss_G"])
@@ -188,10 +191,61 @@ def test_runs_table_sorts_by_loss_and_compare_view_shows_both_points(browser, sw
     # The compare view of both points: the swept param differs, the metrics are side by side.
     ids = [points[n].info.run_id for n in ("lr_g-1e-4", "lr_g-2e-4")]
     query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp])})
-    text = open_page(d, f"{base}/#/compare-runs?{query}", "Comparing 2 Runs", *ids, "Parameters", "Metrics")
+    text = open_page(d, f"{base}/#/compare-runs?{query}&{UI_VIEW}", "Comparing 2 Runs", *ids, "Parameters", "Metrics")
     assert "lr_g 0.0001 0.0002" in text  # one row: param name, then each run's value
     for key in ("loss_G", "loss_D", "d_real", "d_fake"):
         assert f"\n{key}\n" in text
     d.set_window_size(1400, 2400)  # the plot, the run details and the param table in one picture
     d.save_screenshot(str(shots / "mlflow_compare.png"))
     d.set_window_size(1400, 1000)
+
+
+def test_experiment_opens_in_the_model_training_view(browser, sweep, shots):
+    """The experiment carries MLflow's kind tag for model training, and the address the pipeline
+    prints (tracking.ui_url) opens the runs table in that view, not the GenAI one."""
+    from pipeline.tracking import ui_url
+
+    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    assert MlflowClient(base).get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    text = open_page(d, ui_url(base, exp), "sw", "3 matching runs", "Model registry")
+    close_assistant(d)
+    assert "Evaluation runs" not in text and "Evaluations" not in text, text[:1500]
+    assert "/runs" in d.current_url and "workflowType=machine_learning" in d.current_url
+    d.save_screenshot(str(shots / "mlflow_experiment_view.png"))
+
+
+def test_parent_run_shows_the_sweep_compare_clip(browser, sweep, shots):
+    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    parent = sweep["parent"]
+    compare = sweep["dir"] / "compare"
+    c = MlflowClient(base)
+    arts = {a.path for a in c.list_artifacts(parent, "compare")}
+    assert {"compare/step_000002.gif", "compare/step_000002.mp4", "compare/summary.csv"} <= arts, arts
+    open_page(d, f"{base}/#/experiments/{exp}/runs/{parent}/artifacts/compare/step_000002.gif?{UI_VIEW}",
+              "compare/step_000002.gif", "summary.csv")
+    close_assistant(d)
+    size = wait_js(d, """
+        const im = Array.from(document.images).find(i => !i.src.startsWith('data:') && i.complete && i.naturalWidth > 0);
+        return im ? [im.naturalWidth, im.naturalHeight] : null;""", "the compare GIF rendering")
+    assert tuple(size) == clip_size(compare / "step_000002.gif")
+    d.save_screenshot(str(shots / "mlflow_sweep_compare.png"))
+
+
+def test_a_chain_server_opens_only_with_its_owners_password(browser, tmp_path, shots):
+    """The pipeline's own server (basic-auth): without the password the browser gets no UI; with
+    the user and password from tracking/credentials.json (docs/mlflow-ui.md) it does."""
+    from pipeline.tracking import prepare_store, ui_url
+    from pipeline.tracking_server import LocalServer, credentials
+
+    d = browser
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    exp = prepare_store(uri, "owned")
+    with LocalServer(uri, tmp_path / "tracking") as server:
+        d.get(ui_url(server.uri, exp))
+        text = d.find_element("tag name", "body").text
+        assert "Model training" not in text and "owned" not in text, text[:500]
+        d.save_screenshot(str(shots / "mlflow_server_without_password.png"))
+        creds = credentials(tmp_path / "tracking")
+        owner = server.uri.replace("http://", f"http://{creds['username']}:{creds['password']}@")
+        open_page(d, ui_url(owner, exp), "owned", "Model registry")
+        d.save_screenshot(str(shots / "mlflow_server_as_owner.png"))
