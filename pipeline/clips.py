@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import atomic_path
+
 
 def to_uint8(video: torch.Tensor) -> np.ndarray:
     """(..., 3, T, H, W) in [-1, 1] -> uint8 (..., T, H, W, 3)."""
@@ -39,11 +41,13 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
     vf = f"scale={w * scale}:{h * scale}:flags=neighbor"
     if path.suffix == ".gif":
         vf += ",split[a][b];[a]palettegen=max_colors=128[p];[b][p]paletteuse"
-        codec = []
+        codec = ["-f", "gif"]
     else:
         vf += ",pad=ceil(iw/2)*2:ceil(ih/2)*2:0:0:white"
-        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart"]
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
-           "-i", "-", "-vf", vf, *codec, str(path)]
-    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
+        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4"]
+    # The format is named, not taken from the suffix: ffmpeg writes a temporary name (files.atomic_path).
+    with atomic_path(path) as tmp:
+        cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-r", str(fps), "-i", "-", "-vf", vf, *codec, str(tmp)]
+        subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
     return path

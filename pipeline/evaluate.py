@@ -19,18 +19,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import linalg
 from torch import nn
+from tqdm import tqdm
 
+from .data import read_manifest
 from .errors import UserError
+from .files import atomic_write, write_json
+from .labels import fill
+from .sample import generate, load_generator
+from .tracking import default_uri
+from .tracking_server import resolve
+from .vocab import condition_text
 
 EVALUATOR_VERSION = 2  # bump when the classifier or its training changes: old caches are then ignored
 
@@ -79,13 +89,7 @@ def _object(placeholders: str) -> str:
 
 
 def _rows(data: Path):
-    import pandas as pd
-
-    m = Path(data) / "manifest.csv"
-    if not m.exists():
-        raise UserError(f"{data} is not a finished frames output (no manifest.csv): run `t2v frames`")
-    df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
-    df = df[df["status"] == "ok"].copy()
+    df = read_manifest(data)
     df["object"] = df["placeholders"].map(_object)
     df["data"] = str(data)
     return df
@@ -97,8 +101,6 @@ def _is_val(video_id: str) -> bool:
 
 def load_clips(df) -> torch.Tensor:
     """uint8 (N,T,H,W,3) for the manifest rows, read shard by shard."""
-    import h5py
-
     out = []
     for (data, shard), part in df.groupby(["data", "shard"], sort=False):
         with h5py.File(Path(data) / "shards" / shard, "r") as f:
@@ -142,8 +144,6 @@ def features(model, x: torch.Tensor, batch=128) -> np.ndarray:
 
 def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     """The cached evaluator for cfg.data, trained here if the cache has none."""
-    from tqdm import tqdm
-
     df = __import__("pandas").concat([_rows(d) for d in cfg.data], ignore_index=True)
     df = df.drop_duplicates("id")
     counts = df["object"].value_counts()
@@ -188,10 +188,8 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     state = {"model": model.state_dict(), "templates": templates, "objects": objects, "val_acc": acc,
              "n_train": int(len(tr)), "n_val": int(val.sum()), "data": [str(d) for d in cfg.data],
              "version": EVALUATOR_VERSION}
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # concurrent evaluations: the last complete file wins, none is torn
+    # Concurrent evaluations: the last complete file wins, none is torn.
+    atomic_write(path, lambda p: torch.save(state, p))
     return dict(state, model=model, path=path, cached=False)
 
 
@@ -199,8 +197,6 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
     mu1, mu2 = a.mean(0), b.mean(0)
     eye = 1e-6 * np.eye(a.shape[1])  # dead ReLU features make a covariance singular
     s1, s2 = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
@@ -277,10 +273,6 @@ def _device(name: str) -> torch.device:
 
 def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, progress: bool = True) -> dict:
     """All metrics for one generator; used by ``run`` and by training's eval_every."""
-    from .labels import fill
-    from .sample import generate
-    from .vocab import condition_text
-
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
     model = ev["model"].to(device)
@@ -384,13 +376,8 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
     if not id_file.exists():
         return None
     try:
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow takes seconds to import: only where it logs
         from mlflow.tracking import MlflowClient
-
-        from .tracking import default_uri
-        from .tracking_server import resolve
 
         store = run_cfg.get("tracking_uri") or default_uri(Path.cwd())
         client = MlflowClient(tracking_uri=resolve(store, run_cfg.get("tracking_server"), wait_s=30))
@@ -407,8 +394,6 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
 
 
 def run(cfg: EvalConfig, progress: bool = True) -> dict:
-    from .sample import load_generator
-
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.json"
     if not saved.exists():
@@ -424,8 +409,6 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict:
     r = evaluate_generator(g.G, g.step, run_cfg, g.vocab, cfg, progress)
     r.update(checkpoint=str(g.checkpoint), run_dir=str(run_dir), data=[str(d) for d in cfg.data])
     path = run_dir / "eval.json"
-    tmp = path.with_name(f".eval.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(r, indent=1))
-    os.replace(tmp, path)
+    write_json(path, r)
     r["mlflow_run_id"] = log_to_mlflow(run_dir, run_cfg, r, path)
     return r

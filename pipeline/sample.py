@@ -7,14 +7,18 @@ its vector from the kept fastText model's subwords.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import checkpoints
+from .clips import grid, to_uint8, write
 from .errors import UserError
+from .files import write_json
+from .models import Generator
+from .vocab import Vocab
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Loaded:
 
 def run_dir_of(run_id: str, tracking_uri: str) -> Path:
     """An MLflow run id -> the run dir training logged as its ``run_dir`` param."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # seconds to import: only for --run-id
 
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
@@ -42,26 +46,10 @@ def run_dir_of(run_id: str, tracking_uri: str) -> Path:
 
 
 def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
-    from .models import Generator
-    from .train import checkpoint_paths, load_latest
-    from .vocab import Vocab
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} not found")
-    if checkpoint is None:
-        state = load_latest(run_dir)
-        if state is None:
-            raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
-        path = run_dir / "checkpoints" / f"step-{state['step']:08d}.pt"  # the one load_latest read
-    else:
-        path = Path(checkpoint)
-        if not path.exists() and str(checkpoint).isdigit():
-            path = run_dir / "checkpoints" / f"step-{int(checkpoint):08d}.pt"
-        if not path.exists():
-            have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
-            raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state, path = checkpoints.resolve(run_dir, checkpoint)
     cfg = state["config"]
     vocab = Vocab(cfg["vocab"])
     G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"])
@@ -93,8 +81,6 @@ def generate(G, cond: torch.Tensor, n: int, seed: int, device="cpu", batch: int 
 
 
 def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpoint=None) -> dict:
-    from .clips import grid, to_uint8, write
-
     texts = list(texts)
     if not texts:
         raise UserError("give at least one --text")
@@ -113,5 +99,5 @@ def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpo
     meta = {"run_dir": str(run_dir), "checkpoint": str(g.checkpoint), "step": g.step, "seed": seed, "n": n,
             "rows": texts, "files": [str(p) for p in paths]}
     side = paths[0].with_name(paths[0].stem + ".json")
-    side.write_text(json.dumps(meta, indent=1))
+    write_json(side, meta)
     return meta

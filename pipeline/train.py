@@ -9,8 +9,9 @@ a run stopped at N and resumed to 2N equals a straight run to 2N.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,13 +21,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import dist
-from .config import to_dict
+from .checkpoints import FORMAT, checkpoint_paths, load_latest, save_checkpoint
+from .clips import grid, to_uint8, write
+from .config import override, to_dict
+from .data import ShardDataset, read_manifest
 from .errors import UserError
+from .evaluate import EvalConfig, evaluate_generator
+from .files import atomic_write, write_json
+from .labels import fill
+from .models import Generator, ImageD, VideoD
+from .tracking import Tracker, default_uri
+from .vocab import Vocab, condition_text
 
 # Keys that may change when a run is resumed; any other difference is a different experiment.
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
@@ -105,10 +116,6 @@ PRESETS = {"default": dict, "debug_cpu": _debug_cpu, "paper": _paper}
 
 def sweep_points(base: TrainConfig, sweeps: list[str]) -> list[TrainConfig]:
     """--sweep key=v1,v2 ... -> one config per point of the product, each in its own run dir."""
-    import itertools
-
-    from .config import override
-
     axes = []
     for sw in sweeps:
         key, sep, values = sw.partition("=")
@@ -124,8 +131,6 @@ def sweep_points(base: TrainConfig, sweeps: list[str]) -> list[TrainConfig]:
 
 
 def build_config(data, vocab, run_dir, preset: str = "default", overrides=()) -> TrainConfig:
-    from .config import override
-
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     cfg = TrainConfig(data=Path(data), vocab=Path(vocab), run_dir=Path(run_dir), preset=preset,
@@ -140,10 +145,6 @@ class TrainData(torch.utils.data.Dataset):
     """Frames shards joined with the vocab's per-sample condition vectors by video id."""
 
     def __init__(self, data: Path, vocab: Path):
-        import h5py
-
-        from .data import ShardDataset
-
         self.clips = ShardDataset(data)
         with h5py.File(Path(vocab) / "samples.h5", "r") as f:
             ids = [i.decode() for i in f["ids"][:]]
@@ -195,8 +196,6 @@ def to_model_input(video_u8: torch.Tensor, device) -> torch.Tensor:
 
 
 def _shard_attrs(data: Path) -> dict:
-    import h5py
-
     shards = sorted((Path(data) / "shards").glob("shard-*.h5"))
     if not shards:
         raise UserError(f"no shards in {data}/shards: run `t2v frames` first")
@@ -206,8 +205,6 @@ def _shard_attrs(data: Path) -> dict:
 
 def check(cfg: TrainConfig) -> dict:
     """Everything that can be wrong before a job starts; returns what the plan prints."""
-    from .vocab import Vocab
-
     for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints"):
         if getattr(cfg, k) < 1:
             raise UserError(f"{k} must be >= 1")
@@ -266,40 +263,6 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Checkpoints, newest first (found by scanning, never through a pointer file)."""
-    return sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"), reverse=True)
-
-
-def load_latest(run_dir: Path) -> dict | None:
-    for p in checkpoint_paths(run_dir):
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            if state.get("format") == 1:
-                return state
-            raise ValueError("not a t2v checkpoint")
-        except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
-            print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
-    return None
-
-
-def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    d = Path(run_dir) / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
-    final = d / f"step-{step:08d}.pt"
-    tmp = d / f".{final.name}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fd = os.open(d, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    for old in checkpoint_paths(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
-    return final
-
-
 # ----------------------------------------------------------------------------- losses
 
 
@@ -333,8 +296,6 @@ class GAN:
     """
 
     def __init__(self, cfg: TrainConfig, cond_dim: int, device):
-        from .models import Generator, ImageD, VideoD
-
         self.cfg, self.device = cfg, device
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         make_g = lambda: Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim)  # noqa: E731
@@ -416,10 +377,7 @@ class GAN:
 def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[str, str, bool]]:
     """(template, object, held_out) rows for clip grids: common training pairs, then
     pairs of a seen object with a template it never had in training (e.g. the reversed direction)."""
-    import pandas as pd
-
-    m = pd.read_csv(Path(data) / "manifest.csv", dtype={"id": str}, keep_default_na=False)
-    m = m[m["status"] == "ok"]
+    m = read_manifest(data)
     m["object"] = m["placeholders"].map(lambda p: " ".join(json.loads(p)))
     pairs = m.groupby(["template", "object"]).size().sort_values(ascending=False, kind="stable")
     seen = [(t, o, False) for t, o in list(pairs.index)[:n_seen]]
@@ -429,9 +387,6 @@ def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[
 
 
 def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
-    from .labels import fill
-    from .vocab import Vocab, condition_text
-
     v = Vocab(vocab_dir)
     vecs = [v.condition(condition_text(v.info["mode"], fill(t, [o]), [o])) for t, o, _ in prompts]
     return torch.from_numpy(np.stack(vecs)).float()
@@ -458,29 +413,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def preempt_signal() -> signal.Signals:
-    """The preemption signal: submitit's (USR2 since NCCL swallowed USR1, NVIDIA/nccl#704), or
-    SUBMITIT_PREEMPT_SIGNAL. submitit writes the same value into sbatch --signal, and the job
-    inherits the variable, so the scheduler and this handler always agree."""
-    from submitit.core.job_environment import JobEnvironment
-
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", JobEnvironment.USR_SIG).upper().removeprefix("SIG")
-    try:
-        return signal.Signals["SIG" + name]
-    except KeyError:
-        raise UserError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)") from None
-
-
 def run(cfg: TrainConfig) -> dict:
-    from .tracking import Tracker, default_uri
-
     env = dist.init(cfg.device)
     device = torch.device(env.device)
     run_dir = Path(cfg.run_dir)
     info = check(cfg)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
+        write_json(run_dir / "config.json", to_dict(cfg), sort_keys=True)
     dist.barrier()
 
     gan = GAN(cfg, info["cond_dim"], device)
@@ -520,10 +460,7 @@ def run(cfg: TrainConfig) -> dict:
     prompts = clip_prompts(cfg.data)
     prompt_cond = prompt_conditions(cfg.vocab, prompts)
     if env.main:
-        tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset,
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-                "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-                "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
+        tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset, **dist.job_tags()}
         if cfg.sweep:
             tags["t2v.sweep"] = cfg.sweep
         if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
@@ -536,7 +473,7 @@ def run(cfg: TrainConfig) -> dict:
     # Every rank knows the one MLflow run (rank 0 created or reopened it; only rank 0 logs).
     run_id = dist.broadcast_object(tracker.run_id if tracker else None)
     stop = {"code": 0}
-    handlers = {preempt_signal(): 1, signal.SIGTERM: 2}
+    handlers = {dist.preempt_signal(): 1, signal.SIGTERM: 2}
     previous = {s: signal.signal(s, lambda sig, _f: stop.update(code=max(stop["code"], handlers[sig])))
                 for s in handlers}
 
@@ -557,7 +494,7 @@ def run(cfg: TrainConfig) -> dict:
         rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]  # collective: all ranks' RNGs
         if env.main:
             path = save_checkpoint(run_dir, step_now, {
-                "format": 1, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
+                "format": FORMAT, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
                 **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
             print(f"checkpoint {path}", file=sys.stderr)
         dist.barrier()
@@ -565,24 +502,18 @@ def run(cfg: TrainConfig) -> dict:
     def clips(step_now: int) -> None:
         if not env.main:
             return
-        from .clips import grid, to_uint8, write
-
         videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
         g = grid(videos)
         for ext in ("gif", "mp4"):
             p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
             tracker.artifact(p, "clips")
         rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
-        rows.write_text(json.dumps(
-            [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
+        write_json(rows, [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)])
         tracker.artifact(rows, "clips")
 
     def evaluate(step_now: int) -> None:
         if not env.main:
             return
-        from .evaluate import EvalConfig, evaluate_generator
-        from .vocab import Vocab
-
         ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
                           samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
                           cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
@@ -627,8 +558,8 @@ def run(cfg: TrainConfig) -> dict:
         if status == "finished" and env.main:
             clips(step)
             export = run_dir / "generator.pt"
-            torch.save({"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
-                        "prompts": prompts}, export)
+            atomic_write(export, lambda p: torch.save({"G_ema": gan.G_ema.state_dict(), "step": step,
+                                                       "config": to_dict(cfg), "cond_dim": cdim, "prompts": prompts}, p))
             tracker.artifact(export, "model", cfg.max_artifact_mb)
             latest = checkpoint_paths(run_dir)
             if latest:
@@ -659,8 +590,6 @@ EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "template_acc_seen", "objec
 
 
 def param_digest(*modules) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for m in modules:
         for p in m.parameters():

@@ -19,18 +19,21 @@ for every token from fastText (trained here on the captions, or a pretrained
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+import fasttext
+import h5py
 import numpy as np
+from tqdm import tqdm
 
 from .config import to_dict
 from .errors import UserError
 from .fasttext_bin import MAGIC, FastTextBin
+from .files import atomic_write, write_json, write_text
 from .labels import read_labels
 from .text import tokenize
 
@@ -55,14 +58,6 @@ class VocabConfig:
     @property
     def train_dim(self) -> int:
         return self.dim or 50
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def condition_text(mode: str, label: str, placeholders) -> str:
@@ -146,8 +141,6 @@ def parse(cfg: VocabConfig):
 
 
 def _train(cfg: VocabConfig, samples, out: Path) -> Path:
-    import fasttext
-
     corpus = out / "corpus.txt"
     lines = [" ".join(tokenize(s.label)) for s in samples]
     for extra in cfg.corpus:
@@ -158,13 +151,13 @@ def _train(cfg: VocabConfig, samples, out: Path) -> Path:
         except UnicodeDecodeError as e:
             raise UserError(f"--corpus file {extra} is not UTF-8 (byte {e.start})") from None
         lines += [" ".join(tokenize(line)) for line in text.splitlines()]
-    corpus.write_text("\n".join(line for line in lines if line) + "\n")
+    write_text(corpus, "\n".join(line for line in lines if line) + "\n")
     # One thread and fastText's fixed seed: the same corpus gives the same vectors.
     model = fasttext.train_unsupervised(str(corpus), model="skipgram", dim=cfg.train_dim, epoch=cfg.epoch,
                                         minCount=cfg.min_count, minn=cfg.minn, maxn=cfg.maxn,
                                         bucket=cfg.bucket, thread=1, verbose=0)
     dest = out / "fasttext.bin"
-    _atomic(dest, lambda p: model.save_model(str(p)))
+    atomic_write(dest, lambda p: model.save_model(str(p)))
     return dest
 
 
@@ -203,8 +196,6 @@ def check_pretrained(cfg: VocabConfig) -> str | None:
 
 def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
     """Stream a .vec file, keeping only the wanted words' rows."""
-    from tqdm import tqdm
-
     found = {}
     with open(path, "rb") as f:
         n, d = map(int, f.readline().split())
@@ -220,8 +211,6 @@ def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
 
 
 def run(cfg: VocabConfig, progress: bool = True) -> dict:
-    import h5py
-
     out = Path(cfg.out)
     samples, kept, excluded = parse(cfg)
     kind = check_pretrained(cfg)
@@ -294,8 +283,8 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
             f.create_dataset("cond_whiten", data=cond_whiten)
             f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
 
-    _atomic(out / "embeddings.h5", write_embeddings)
-    _atomic(out / "samples.h5", write_samples)
+    atomic_write(out / "embeddings.h5", write_embeddings)
+    atomic_write(out / "samples.h5", write_samples)
     info = {
         "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
         "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
@@ -307,7 +296,7 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
         "object_counts": dict(Counter(" ".join(s.placeholders) for s in samples).most_common()),
         "template_counts": dict(Counter(s.template for s in samples).most_common()),
     }
-    _atomic(out / "vocab.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+    write_json(out / "vocab.json", info)
     return info
 
 
@@ -315,8 +304,6 @@ class Vocab:
     """A finished vocab dir: the token table, per-sample conditions, and vectors for any word."""
 
     def __init__(self, root):
-        import h5py
-
         self.root = Path(root)
         if not (self.root / "vocab.json").exists():
             raise UserError(f"{self.root} is not a finished vocab dir (no vocab.json); run `t2v vocab`")
