@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from pipeline.errors import UserError
 
 EXAMPLES = {
     "toy-data": """examples:
@@ -218,7 +218,7 @@ def _resources(a):
 
 
 def cmd_toy_data(a) -> int:
-    from .toydata import make_toy
+    from pipeline.toydata import make_toy
 
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
@@ -227,8 +227,8 @@ def cmd_toy_data(a) -> int:
 
 
 def frames_config(a):
-    from .frames import FramesConfig
-    from .manifests import load_subset
+    from pipeline.frames import FramesConfig
+    from pipeline.manifests import load_subset
 
     templates = tuple(a.templates)
     if a.subset:
@@ -247,7 +247,7 @@ def run_frames(cfg, a) -> int:
     from jobs.executor import map_tasks, sbatch_script, split_note
     from jobs.tasks import FramesTask
 
-    from . import frames
+    from pipeline import frames
 
     p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
     print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
@@ -286,7 +286,7 @@ def cmd_frames(a) -> int:
 
 
 def vocab_config(a):
-    from .vocab import VocabConfig
+    from pipeline.vocab import VocabConfig
 
     if a.dim is not None and a.dim < 1:
         raise UserError("--dim must be >= 1")
@@ -299,7 +299,7 @@ def run_vocab(cfg, a) -> int:
     from jobs.executor import map_tasks, sbatch_script
     from jobs.tasks import VocabTask
 
-    from . import vocab
+    from pipeline import vocab
 
     samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
     vocab.check_pretrained(cfg)
@@ -334,7 +334,7 @@ def cmd_vocab(a) -> int:
 
 
 def cmd_neighbors(a) -> int:
-    from .vocab import Vocab
+    from pipeline.vocab import Vocab
 
     v = Vocab(a.vocab)
     toks, _ = v.encode(a.word)
@@ -347,8 +347,8 @@ def cmd_neighbors(a) -> int:
 
 
 def train_config(a):
-    from .train import build_config
-    from .tracking import default_uri
+    from pipeline.train import build_config
+    from pipeline.tracking import default_uri
 
     sets = list(a.set)
     if a.max_steps is not None:
@@ -364,7 +364,7 @@ def train_config(a):
 
 def _prepare_tracking(cfg) -> None:
     """Store and experiment exist before any task starts (tasks racing to create them fail)."""
-    from .tracking import prepare_store
+    from pipeline.tracking import prepare_store
 
     try:
         prepare_store(cfg.tracking_uri, cfg.experiment)
@@ -380,7 +380,7 @@ def run_train(cfg, a) -> int:
     from jobs.submit import ChainServer, with_dependency
     from jobs.tasks import TrainTask
 
-    from . import train
+    from pipeline import train
 
     info = train.check(cfg)
     if not a.dry_run:
@@ -431,7 +431,7 @@ def run_sweep(base, a) -> int:
     from jobs.submit import ChainServer, with_dependency
     from jobs.tasks import TrainTask
 
-    from . import train
+    from pipeline import train
 
     name = Path(base.run_dir).name
     points = train.sweep_points(replace(base, sweep=name), a.sweep)
@@ -482,7 +482,7 @@ def _server_resources(a, points: int):
 
 def _parent_run(cfg, name: str) -> str:
     """The sweep's MLflow parent run; its id stays in the sweep dir's mlflow_run_id across resubmissions."""
-    from .tracking import Tracker
+    from pipeline.tracking import Tracker
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     _prepare_tracking(cfg)
@@ -493,8 +493,8 @@ def _parent_run(cfg, name: str) -> str:
 
 
 def cmd_sample(a) -> int:
-    from .sample import run_dir_of, sample
-    from .tracking import default_uri
+    from pipeline.sample import run_dir_of, sample
+    from pipeline.tracking import default_uri
 
     if bool(a.run_dir) == bool(a.run_id):
         raise UserError("give exactly one of --run-dir and --run-id")
@@ -509,7 +509,7 @@ def cmd_sample(a) -> int:
 def cmd_evaluate(a) -> int:
     import json
 
-    from .evaluate import EvalConfig, run, table
+    from pipeline.evaluate import EvalConfig, run, table
 
     cfg = EvalConfig(run_dir=a.run_dir.absolute(), data=tuple(d.absolute() for d in a.data),
                      checkpoint=a.checkpoint, samples=a.samples, max_prompts=a.max_prompts, seed=a.seed,
@@ -543,14 +543,14 @@ def cmd_demo(a) -> int:
     import shutil
     import time
 
-    from .evaluate import EvalConfig, run as evaluate, table
-    from .frames import FramesConfig
-    from .manifests import load_subset
-    from .sample import sample
-    from .toydata import make_toy
-    from .tracking import default_uri
-    from .train import build_config
-    from .vocab import VocabConfig
+    from pipeline.evaluate import EvalConfig, run as evaluate, table
+    from pipeline.frames import FramesConfig
+    from pipeline.manifests import load_subset
+    from pipeline.sample import sample
+    from pipeline.toydata import make_toy
+    from pipeline.tracking import default_uri
+    from pipeline.train import build_config
+    from pipeline.vocab import VocabConfig
 
     t0 = time.perf_counter()
     out = Path(a.out).absolute()
