@@ -8,10 +8,28 @@ printed as one line (exit 2) instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+from jobs.executor import EXECUTORS, Resources, map_tasks, run_job, sbatch_script, split_note
+from jobs.status import status
+from jobs.submit import ChainServer, submit, with_dependency
+from jobs.tasks import FramesTask, TrainTask, VocabTask
+from pipeline import evaluate, frames, train, vocab
+from pipeline.checkpoints import checkpoint_paths
 from pipeline.errors import UserError
+from pipeline.evaluate import EvalConfig
+from pipeline.frames import FramesConfig
+from pipeline.manifests import load_subset
+from pipeline.sample import run_dir_of, sample
+from pipeline.toydata import make_toy
+from pipeline.tracking import Tracker, default_uri, prepare_store
+from pipeline.train import build_config
+from pipeline.vocab import Vocab, VocabConfig
 
 EXAMPLES = {
     "toy-data": """examples:
@@ -74,8 +92,6 @@ once per dataset and cached (by a hash of the manifests) in <first --data>/evalu
 
 
 def _parser() -> argparse.ArgumentParser:
-    from jobs.executor import EXECUTORS, Resources
-
     top = argparse.ArgumentParser(prog="t2v", description="text2video: a SLURM-native text-to-video GAN pipeline.")
     sub = top.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -209,8 +225,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resources(a):
-    from jobs.executor import Resources
-
     return Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
                      cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
                      array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
@@ -218,8 +232,6 @@ def _resources(a):
 
 
 def cmd_toy_data(a) -> int:
-    from pipeline.toydata import make_toy
-
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
@@ -227,9 +239,6 @@ def cmd_toy_data(a) -> int:
 
 
 def frames_config(a):
-    from pipeline.frames import FramesConfig
-    from pipeline.manifests import load_subset
-
     templates = tuple(a.templates)
     if a.subset:
         if templates:
@@ -244,10 +253,6 @@ def frames_config(a):
 
 
 def run_frames(cfg, a) -> int:
-    from jobs.executor import map_tasks, sbatch_script, split_note
-    from jobs.tasks import FramesTask
-
-    from pipeline import frames
 
     p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
     print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
@@ -286,8 +291,6 @@ def cmd_frames(a) -> int:
 
 
 def vocab_config(a):
-    from pipeline.vocab import VocabConfig
-
     if a.dim is not None and a.dim < 1:
         raise UserError("--dim must be >= 1")
     return VocabConfig(labels=tuple(p.absolute() for p in a.labels), out=a.out.absolute(), mode=a.mode,
@@ -296,10 +299,6 @@ def vocab_config(a):
 
 
 def run_vocab(cfg, a) -> int:
-    from jobs.executor import map_tasks, sbatch_script
-    from jobs.tasks import VocabTask
-
-    from pipeline import vocab
 
     samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
     vocab.check_pretrained(cfg)
@@ -334,8 +333,6 @@ def cmd_vocab(a) -> int:
 
 
 def cmd_neighbors(a) -> int:
-    from pipeline.vocab import Vocab
-
     v = Vocab(a.vocab)
     toks, _ = v.encode(a.word)
     known = [t for t in toks if t in v.index]
@@ -347,9 +344,6 @@ def cmd_neighbors(a) -> int:
 
 
 def train_config(a):
-    from pipeline.train import build_config
-    from pipeline.tracking import default_uri
-
     sets = list(a.set)
     if a.max_steps is not None:
         sets.append(f"max_steps={a.max_steps}")
@@ -364,8 +358,6 @@ def train_config(a):
 
 def _prepare_tracking(cfg) -> None:
     """Store and experiment exist before any task starts (tasks racing to create them fail)."""
-    from pipeline.tracking import prepare_store
-
     try:
         prepare_store(cfg.tracking_uri, cfg.experiment)
     except Exception as e:  # noqa: BLE001  training still runs without MLflow; it warns then
@@ -374,19 +366,13 @@ def _prepare_tracking(cfg) -> None:
 
 
 def run_train(cfg, a) -> int:
-    from dataclasses import replace
 
-    from jobs.executor import run_job, sbatch_script
-    from jobs.submit import ChainServer, with_dependency
-    from jobs.tasks import TrainTask
-
-    from pipeline import train
 
     info = train.check(cfg)
     if not a.dry_run:
         _prepare_tracking(cfg)
     ranks = a.nodes * a.tasks_per_node
-    resumed = train.checkpoint_paths(cfg.run_dir)
+    resumed = checkpoint_paths(cfg.run_dir)
     print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
           f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
           + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
@@ -425,13 +411,7 @@ def cmd_train(a) -> int:
 
 def run_sweep(base, a) -> int:
     """All points of a sweep as one array, grouped under one MLflow parent run."""
-    from dataclasses import replace
 
-    from jobs.executor import map_tasks, sbatch_script, split_note
-    from jobs.submit import ChainServer, with_dependency
-    from jobs.tasks import TrainTask
-
-    from pipeline import train
 
     name = Path(base.run_dir).name
     points = train.sweep_points(replace(base, sweep=name), a.sweep)
@@ -473,8 +453,6 @@ def run_sweep(base, a) -> int:
 
 def _server_resources(a, points: int):
     """One CPU on the sweep's partition, for as long as the throttled array may take."""
-    from jobs.executor import Resources
-
     waves = -(-points // max(1, a.array_parallelism))
     return Resources(partition=a.partition, account=a.account, qos=a.qos, cpus_per_task=1, mem_gb=2,
                      timeout_min=a.timeout_min * waves)
@@ -482,8 +460,6 @@ def _server_resources(a, points: int):
 
 def _parent_run(cfg, name: str) -> str:
     """The sweep's MLflow parent run; its id stays in the sweep dir's mlflow_run_id across resubmissions."""
-    from pipeline.tracking import Tracker
-
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     _prepare_tracking(cfg)
     t = Tracker(cfg.tracking_uri, cfg.experiment, Path(cfg.run_dir), {"sweep": " ".join(sys.argv[1:])},
@@ -493,9 +469,6 @@ def _parent_run(cfg, name: str) -> str:
 
 
 def cmd_sample(a) -> int:
-    from pipeline.sample import run_dir_of, sample
-    from pipeline.tracking import default_uri
-
     if bool(a.run_dir) == bool(a.run_id):
         raise UserError("give exactly one of --run-dir and --run-id")
     run_dir = a.run_dir or run_dir_of(a.run_id, a.tracking_uri or default_uri(Path.cwd()))
@@ -507,50 +480,31 @@ def cmd_sample(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    import json
-
-    from pipeline.evaluate import EvalConfig, run, table
 
     cfg = EvalConfig(run_dir=a.run_dir.absolute(), data=tuple(d.absolute() for d in a.data),
                      checkpoint=a.checkpoint, samples=a.samples, max_prompts=a.max_prompts, seed=a.seed,
                      i3d=a.i3d, cache=a.cache, steps=a.evaluator_steps, min_clips=a.min_clips)
-    r = run(cfg)
+    r = evaluate.run(cfg)
     if a.json:
         print(json.dumps({k: v for k, v in r.items() if k != "prompts"}, indent=1))
     else:
-        print(table(r))
+        print(evaluate.table(r))
         print(f"written to {Path(a.run_dir) / 'eval.json'}"
               + (f"; logged on MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))
     return 0
 
 
 def cmd_submit(a) -> int:
-    from jobs.submit import submit
-
     stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
     return submit(a.spec, stages, a.executor, a.dry_run)
 
 
 def cmd_status(a) -> int:
-    from jobs.status import status
-
     return status(a.spec)
 
 
 def cmd_demo(a) -> int:
     """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
-    import json
-    import shutil
-    import time
-
-    from pipeline.evaluate import EvalConfig, run as evaluate, table
-    from pipeline.frames import FramesConfig
-    from pipeline.manifests import load_subset
-    from pipeline.sample import sample
-    from pipeline.toydata import make_toy
-    from pipeline.tracking import default_uri
-    from pipeline.train import build_config
-    from pipeline.vocab import VocabConfig
 
     t0 = time.perf_counter()
     out = Path(a.out).absolute()
@@ -590,10 +544,10 @@ def cmd_demo(a) -> int:
                "pushing purple square from left to right"]  # "purple" is in no caption: fastText subwords
     meta = sample(out / "run", prompts, n=4, seed=0, out=out / "samples.gif")
     print("\n== evaluate ==")
-    r = evaluate(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
+    r = evaluate.run(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
                             steps=a.evaluator_steps, min_clips=a.min_clips))
     shutil.copyfile(out / "run" / "eval.json", out / "eval.json")
-    print(table(r))
+    print(evaluate.table(r))
     rows = json.loads((out / "run" / "clips" / "prompts.json").read_text())
     clips = sorted((out / "run" / "clips").glob("*.gif"))
     print(f"\ndemo done in {time.perf_counter() - t0:.0f} s, everything under {out}/:\n"
