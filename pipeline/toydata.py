@@ -53,7 +53,7 @@ def _is_heldout(obj: str, d: str) -> bool:
 
 @functools.cache
 def _digits() -> np.ndarray:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # a second to import, for toy data only
 
     data = load_digits()
     # One fixed exemplar per class keeps the object's look consistent.
