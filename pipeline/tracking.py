@@ -32,8 +32,8 @@ def prepare_store(uri: str, experiment: str, client=None) -> str:
     """Create the store (schema migrations) and the experiment once, in the submitting process.
 
     Sixteen writers opening a fresh SQLite store at once race on its migrations (15 of 16 died
-    in bench/mlflow_writers.py); on a prepared store all 16 logged every metric (README,
-    "Hardening"). Returns the experiment id.
+    in bench/mlflow_writers.py); on a prepared store all 16 logged every metric (docs/benchmarks.md).
+    Returns the experiment id.
     """
     from mlflow.tracking import MlflowClient
 

@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
     p.add_argument("--decoder", choices=("pyav", "skvideo"), default="pyav",
-                   help="pyav (default; in-process, faster: see README) or skvideo (ffmpeg subprocess)")
+                   help="pyav (default; in-process, faster: see docs/benchmarks.md) or skvideo (ffmpeg subprocess)")
     p.add_argument("--resize", choices=("squash", "center-crop"), default="squash")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
     executor_flags(p)
@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-server", choices=("auto", "on", "off"), default="auto",
                    help="serve a sqlite store through one `mlflow server` while the jobs run, so their "
                         "writes don't race on the file (auto: for sweeps, not for one run; "
-                        "see README, Hardening)")
+                        "see docs/hardening.md)")
     executor_flags(p, array=False)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
