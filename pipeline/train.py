@@ -413,7 +413,135 @@ def _git_commit() -> str:
         return "unknown"
 
 
+class Batches:
+    """What ``GAN.step`` calls for its next batch: (real B,3,T,H,W in [-1, 1], cond B,C) on the
+    device. Counts the batches this rank has drawn (``pos``, the checkpoint's data position)
+    and the seconds spent waiting for the loader since the last tick (``wait_s``)."""
+
+    def __init__(self, loader, device, channels_last: bool, pos: int):
+        self.loader, self.device, self.channels_last, self.pos = loader, device, channels_last, pos
+        self.wait_s = 0.0
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        video, cond = next(self.loader)
+        self.wait_s += time.perf_counter() - t0
+        self.pos += 1
+        x = to_model_input(video, self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, cond.to(self.device)
+
+
+class StopRequests:
+    """Signal handlers that only record the strongest request: 1 = preempted (checkpoint,
+    requeue, the MLflow run stays RUNNING), 2 = cancelled (SIGTERM: checkpoint, KILLED).
+    The loop reads ``code`` at step boundaries, where ranks agree on it."""
+
+    def __init__(self):
+        self.code = 0
+        self.codes = {dist.preempt_signal(): 1, signal.SIGTERM: 2}
+        self.previous = {s: signal.signal(s, self._handle) for s in self.codes}
+
+    def _handle(self, sig, _frame) -> None:
+        self.code = max(self.code, self.codes[sig])
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _start(cfg: TrainConfig, gan: GAN, run_dir: Path, env) -> tuple[int, int]:
+    """Resume from the newest readable checkpoint, or seed a new run; returns (step, data_pos)."""
+    state = load_latest(run_dir)
+    if state is None:
+        random.seed(cfg.seed + env.rank)
+        np.random.seed(cfg.seed + env.rank)
+        torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
+        return 0, 0
+    gan.load_state_dict(state)
+    gan.d_count = state["step"] * cfg.d_steps
+    if len(state["rng"]) != env.world:
+        raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
+    _set_rng_state(state["rng"][env.rank])
+    if env.main:
+        print(f"resuming {run_dir} from step {state['step']}", file=sys.stderr)
+    return state["step"], state["data_pos"]
+
+
+def _loader(cfg: TrainConfig, data: TrainData, env, device, data_pos: int):
+    """This rank's disjoint slice of the data, endless, starting where the checkpoint left off."""
+    per_rank = cfg.batch // env.world
+    if per_rank * env.world != cfg.batch:
+        raise UserError(f"batch {cfg.batch} does not split evenly over {env.world} ranks")
+    sampler = RankBatches(len(data), per_rank, env.rank, env.world, cfg.seed, start=data_pos)
+    # Its own generator: creating the loader must not draw from the global RNG, or a
+    # resumed run's random stream would drift from an uninterrupted one.
+    return iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers,
+                                            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                                            generator=torch.Generator().manual_seed(cfg.seed)))
+
+
+def _tracker(cfg: TrainConfig, run_dir: Path, env) -> Tracker:
+    tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset, **dist.job_tags()}
+    if cfg.sweep:
+        tags["t2v.sweep"] = cfg.sweep
+    if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
+        tags["mlflow.parentRunId"] = cfg.parent_run_id
+    return Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags,
+                   server_file=cfg.tracking_server or None)
+
+
+def _save(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, data_pos: int, env) -> None:
+    """Collective: every rank's RNG states go into rank 0's checkpoint."""
+    rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]
+    if env.main:
+        path = save_checkpoint(run_dir, step, {
+            "format": FORMAT, "step": step, "data_pos": data_pos, "config": to_dict(cfg),
+            **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
+        print(f"checkpoint {path}", file=sys.stderr)
+    dist.barrier()
+
+
+def _clips(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, prompts, prompt_cond, device, tracker) -> None:
+    """Rank 0: the clip grid of the EMA generator, as GIF and MP4, and which prompt each row shows."""
+    videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
+    g = grid(videos)
+    for ext in ("gif", "mp4"):
+        tracker.artifact(write(g, run_dir / "clips" / f"step_{step:06d}.{ext}"), "clips")
+    rows = run_dir / "clips" / "prompts.json"  # beside the clips in the UI
+    write_json(rows, [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)])
+    tracker.artifact(rows, "clips")
+
+
+def _evaluate(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, device, tracker) -> None:
+    """Rank 0: `t2v evaluate`'s metrics for the EMA generator, as curves in MLflow."""
+    ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
+                      samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
+                      cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
+    r = evaluate_generator(gan.G_ema, step, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
+    tracker.metrics(step, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
+    print(f"step {step} eval: cond_acc_seen={r['cond_acc_seen']:.3f} (chance {r['chance']:.3f}) "
+          f"frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
+
+
+def _export(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, cond_dim: int, prompts, tracker) -> None:
+    """Rank 0, once finished: the EMA generator on its own, and the newest checkpoint, as artifacts."""
+    export = run_dir / "generator.pt"
+    state = {"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cond_dim,
+             "prompts": prompts}
+    atomic_write(export, lambda p: torch.save(state, p))
+    tracker.artifact(export, "model", cfg.max_artifact_mb)
+    latest = checkpoint_paths(run_dir)
+    if latest:
+        tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
+
+
+TICK_KEYS = ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")
+
+
 def run(cfg: TrainConfig) -> dict:
+    # Set up: ranks, checks, the config in the run dir.
     env = dist.init(cfg.device)
     device = torch.device(env.device)
     run_dir = Path(cfg.run_dir)
@@ -423,148 +551,59 @@ def run(cfg: TrainConfig) -> dict:
         write_json(run_dir / "config.json", to_dict(cfg), sort_keys=True)
     dist.barrier()
 
+    # Models, and the step to go on from.
     gan = GAN(cfg, info["cond_dim"], device)
-    cdim = info["cond_dim"]
+    step, data_pos = _start(cfg, gan, run_dir, env)
+    batches = Batches(_loader(cfg, info["data"], env, device, data_pos), device, cfg.channels_last, data_pos)
 
-    # Resume or start.
-    state = load_latest(run_dir)
-    if state is None:
-        step, data_pos = 0, 0
-        random.seed(cfg.seed + env.rank)
-        np.random.seed(cfg.seed + env.rank)
-        torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
-    else:
-        gan.load_state_dict(state)
-        step, data_pos = state["step"], state["data_pos"]
-        gan.d_count = step * cfg.d_steps
-        if len(state["rng"]) != env.world:
-            raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
-        _set_rng_state(state["rng"][env.rank])
-        if env.main:
-            print(f"resuming {run_dir} from step {step}", file=sys.stderr)
-
-    # Data: this rank's disjoint slice, starting where the checkpoint left off.
-    data = info["data"]  # already joined and checked above
-    per_rank = cfg.batch // env.world
-    if per_rank * env.world != cfg.batch:
-        raise UserError(f"batch {cfg.batch} does not split evenly over {env.world} ranks")
-    sampler = RankBatches(len(data), per_rank, env.rank, env.world, cfg.seed, start=data_pos)
-    # Its own generator: creating the loader must not draw from the global RNG, or a
-    # resumed run's random stream would drift from an uninterrupted one.
-    loader = iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers,
-                                              pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-                                              generator=torch.Generator().manual_seed(cfg.seed)))
-
-    # Tracking (rank 0 only) and preemption.
-    tracker = None
+    # Tracking (rank 0 only) and stop requests. Handlers go in after dist.init, so process-group
+    # set-up can't swallow them; any rank may get one, and max_rank() stops every rank at the
+    # same step. Every rank knows the one MLflow run (rank 0 created or reopened it).
     prompts = clip_prompts(cfg.data)
     prompt_cond = prompt_conditions(cfg.vocab, prompts)
-    if env.main:
-        tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset, **dist.job_tags()}
-        if cfg.sweep:
-            tags["t2v.sweep"] = cfg.sweep
-        if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
-            tags["mlflow.parentRunId"] = cfg.parent_run_id
-        tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags,
-                          server_file=cfg.tracking_server or None)
-    # Stop requests: 1 = preempted (checkpoint, requeue, the MLflow run stays RUNNING), 2 = cancelled
-    # (SIGTERM: checkpoint, KILLED). Handlers go in after dist.init, so process-group set-up can't
-    # swallow them; any rank may get one, and max_rank() stops every rank at the same step.
-    # Every rank knows the one MLflow run (rank 0 created or reopened it; only rank 0 logs).
+    tracker = _tracker(cfg, run_dir, env) if env.main else None
     run_id = dist.broadcast_object(tracker.run_id if tracker else None)
-    stop = {"code": 0}
-    handlers = {dist.preempt_signal(): 1, signal.SIGTERM: 2}
-    previous = {s: signal.signal(s, lambda sig, _f: stop.update(code=max(stop["code"], handlers[sig])))
-                for s in handlers}
+    stop = StopRequests()
 
-    wait = [0.0]
-
-    def batch():
-        nonlocal data_pos
-        t0 = time.perf_counter()
-        video, cond = next(loader)
-        wait[0] += time.perf_counter() - t0
-        data_pos += 1
-        x = to_model_input(video, device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, cond.to(device)
-
-    def save(step_now: int, data_pos_now: int) -> None:
-        rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]  # collective: all ranks' RNGs
-        if env.main:
-            path = save_checkpoint(run_dir, step_now, {
-                "format": FORMAT, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
-                **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
-            print(f"checkpoint {path}", file=sys.stderr)
-        dist.barrier()
-
-    def clips(step_now: int) -> None:
-        if not env.main:
-            return
-        videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
-        g = grid(videos)
-        for ext in ("gif", "mp4"):
-            p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
-            tracker.artifact(p, "clips")
-        rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
-        write_json(rows, [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)])
-        tracker.artifact(rows, "clips")
-
-    def evaluate(step_now: int) -> None:
-        if not env.main:
-            return
-        ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
-                          samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
-                          cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
-        r = evaluate_generator(gan.G_ema, step_now, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
-        tracker.metrics(step_now, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
-        print(f"step {step_now} eval: cond_acc_seen={r['cond_acc_seen']:.3f} (chance {r['chance']:.3f}) "
-              f"frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
-
-    tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
-    t_tick = time.perf_counter()
+    # Main loop.
+    tick = dict.fromkeys(TICK_KEYS, 0.0)
+    tick_steps, t_tick = 0, time.perf_counter()
     status = "finished"
     try:
         while step < cfg.max_steps:
-            for k, v in gan.step(batch).items():
+            for k, v in gan.step(batches).items():
                 tick[k] += v
-            tick["n"] += 1
+            tick_steps += 1
             step += 1
 
-            # Tick: metrics, clips, checkpoints, preemption.
+            # Tick: metrics, clips, evaluation, checkpoints, stop requests.
             if step % cfg.tick_every == 0 or step == cfg.max_steps:
                 dt = time.perf_counter() - t_tick
-                n = max(tick["n"], 1)
-                metrics = {k: tick[k] / n for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")}
+                n = max(tick_steps, 1)
+                metrics = {k: tick[k] / n for k in TICK_KEYS}
                 metrics.update(samples_per_s=n * cfg.batch * cfg.d_steps / dt, sec_per_step=dt / n,
-                               data_wait_share=wait[0] / dt)
+                               data_wait_share=batches.wait_s / dt)
                 if env.main:
                     tracker.metrics(step, metrics)
                     print(f"step {step}/{cfg.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                           file=sys.stderr, flush=True)
-                tick = dict.fromkeys(tick, 0.0)
-                wait[0], t_tick = 0.0, time.perf_counter()
-            if cfg.clip_every and step % cfg.clip_every == 0:
-                clips(step)
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                evaluate(step)
-            code = dist.max_rank(stop["code"])
+                tick, tick_steps = dict.fromkeys(TICK_KEYS, 0.0), 0
+                batches.wait_s, t_tick = 0.0, time.perf_counter()
+            if cfg.clip_every and step % cfg.clip_every == 0 and env.main:
+                _clips(cfg, gan, run_dir, step, prompts, prompt_cond, device, tracker)
+            if cfg.eval_every and step % cfg.eval_every == 0 and env.main:
+                _evaluate(cfg, gan, run_dir, step, device, tracker)
+            code = dist.max_rank(stop.code)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or code:
-                save(step, data_pos)
+                _save(cfg, gan, run_dir, step, batches.pos, env)
             if code:
                 status = "preempted" if code == 1 else "cancelled"
                 break
+
+        # Done: clips and exports, then every rank's weight digest (DDP consistency, checkable outside).
         if status == "finished" and env.main:
-            clips(step)
-            export = run_dir / "generator.pt"
-            atomic_write(export, lambda p: torch.save({"G_ema": gan.G_ema.state_dict(), "step": step,
-                                                       "config": to_dict(cfg), "cond_dim": cdim, "prompts": prompts}, p))
-            tracker.artifact(export, "model", cfg.max_artifact_mb)
-            latest = checkpoint_paths(run_dir)
-            if latest:
-                tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
-        # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
+            _clips(cfg, gan, run_dir, step, prompts, prompt_cond, device, tracker)
+            _export(cfg, gan, run_dir, step, info["cond_dim"], prompts, tracker)
         digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
         run_ids = dist.gather_objects(run_id)
     except KeyboardInterrupt:
@@ -574,8 +613,7 @@ def run(cfg: TrainConfig) -> dict:
         status = "failed"
         raise
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        stop.restore()
         # Set explicitly: MLflow's atexit would call a crash FINISHED (mlflow#3932). A preempted
         # run stays RUNNING until its requeued job finishes it.
         final = {"finished": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
