@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .config import to_dict
 from .errors import UserError
 from .fasttext_bin import MAGIC, FastTextBin
-from .files import atomic_write, write_json, write_text
+from .files import atomic_path, atomic_write, write_json, write_text
 from .labels import read_labels
 from .text import tokenize
 
@@ -210,6 +210,38 @@ def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
     return found, d
 
 
+def _vectors(cfg: VocabConfig, kind, samples, wanted: set[str], out: Path):
+    """Vectors of the wanted words: from a skipgram trained here, a pretrained .bin (subwords
+    kept) or a .vec (words only). Returns (vectors, dim, source, subword_only, no_vector)."""
+    if cfg.pretrained is None:
+        ft = FastTextBin(_train(cfg, samples, out), words=wanted)
+        return {t: ft.word_vector(t) for t in wanted}, ft.dim, "trained", [], []
+    if kind == "bin":
+        ft = FastTextBin(cfg.pretrained, words=wanted)
+        link = out / "fasttext.bin"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(cfg.pretrained).resolve())  # 7 GB is kept where it is, not copied
+        subword_only = sorted(t for t in wanted if t not in ft.ids)  # vectors from n-grams alone
+        return {t: ft.word_vector(t) for t in wanted}, ft.dim, "pretrained-bin", subword_only, []
+    vec, dim = _read_vec(Path(cfg.pretrained), wanted)
+    (out / "fasttext.bin").unlink(missing_ok=True)
+    no_vector = sorted(wanted - set(vec))  # no subwords in a .vec: these have no vector
+    return vec, dim, "pretrained-vec", [], no_vector
+
+
+def _write_samples(f, rows, token_ids, lengths, condition, cond_mean, cond_whiten) -> None:
+    strs = dict(dtype=h5py.string_dtype())
+    f.create_dataset("ids", data=[s.id for s, _, _ in rows], **strs)
+    f.create_dataset("text", data=[t for _, t, _ in rows], **strs)
+    f.create_dataset("label", data=[s.label for s, _, _ in rows], **strs)
+    f.create_dataset("template", data=[s.template for s, _, _ in rows], **strs)
+    f.create_dataset("token_ids", data=token_ids)
+    f.create_dataset("lengths", data=lengths.astype(np.int32))
+    f.create_dataset("condition", data=condition)
+    f.create_dataset("cond_mean", data=cond_mean)  # condition = (raw - cond_mean) @ cond_whiten
+    f.create_dataset("cond_whiten", data=cond_whiten)
+
+
 def run(cfg: VocabConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     samples, kept, excluded = parse(cfg)
@@ -218,27 +250,8 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     (out / "vocab.json").unlink(missing_ok=True)  # not complete until rewritten at the end
     counts = Counter(t for s in samples for t in tokenize(s.label))
     wanted = set(counts) | {t for _, _, toks in kept for t in toks}  # object words missing from a label too
-    subword_only: list[str] = []
-    no_vector: list[str] = []
-    if cfg.pretrained is None:
-        source, subwords = "trained", True
-        ft = FastTextBin(_train(cfg, samples, out), words=wanted)
-        vec = {t: ft.word_vector(t) for t in wanted}
-        dim = ft.dim
-    elif kind == "bin":
-        source, subwords = "pretrained-bin", True
-        ft = FastTextBin(cfg.pretrained, words=wanted)
-        vec = {t: ft.word_vector(t) for t in wanted}
-        dim = ft.dim
-        link = out / "fasttext.bin"
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path(cfg.pretrained).resolve())  # 7 GB is kept where it is, not copied
-        subword_only = sorted(t for t in wanted if t not in ft.ids)  # vectors from n-grams alone
-    else:
-        source, subwords = "pretrained-vec", False
-        vec, dim = _read_vec(Path(cfg.pretrained), wanted)
-        no_vector = sorted(wanted - set(vec))  # no subwords in a .vec: these have no vector
-        (out / "fasttext.bin").unlink(missing_ok=True)
+    vec, dim, source, subword_only, no_vector = _vectors(cfg, kind, samples, wanted, out)
+    subwords = source != "pretrained-vec"
     tokens = [PAD] + sorted(vec, key=lambda t: (-counts.get(t, 0), t))
     index = {t: i for i, t in enumerate(tokens)}
     table = np.zeros((len(tokens), dim), np.float32)
@@ -262,29 +275,13 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     raw = np.stack([condition_vector(table[ids], cfg.mode) for _, _, ids in rows])  # N,C
     cond_mean, cond_whiten = whitening(raw)
     condition = ((raw - cond_mean) @ cond_whiten).astype(np.float32)
-    strs = dict(dtype=h5py.string_dtype())
-
-    def write_embeddings(p):
-        with h5py.File(p, "w") as f:
-            f.create_dataset("tokens", data=tokens, **strs)
-            f.create_dataset("vectors", data=table)
-            f.attrs.update(dim=dim, source=source, mode=cfg.mode)
-
-    def write_samples(p):
-        with h5py.File(p, "w") as f:
-            f.create_dataset("ids", data=[s.id for s, _, _ in rows], **strs)
-            f.create_dataset("text", data=[t for _, t, _ in rows], **strs)
-            f.create_dataset("label", data=[s.label for s, _, _ in rows], **strs)
-            f.create_dataset("template", data=[s.template for s, _, _ in rows], **strs)
-            f.create_dataset("token_ids", data=token_ids)
-            f.create_dataset("lengths", data=lengths.astype(np.int32))
-            f.create_dataset("condition", data=condition)
-            f.create_dataset("cond_mean", data=cond_mean)  # condition = (raw - cond_mean) @ cond_whiten
-            f.create_dataset("cond_whiten", data=cond_whiten)
-            f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
-
-    atomic_write(out / "embeddings.h5", write_embeddings)
-    atomic_write(out / "samples.h5", write_samples)
+    with atomic_path(out / "embeddings.h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("tokens", data=tokens, dtype=h5py.string_dtype())
+        f.create_dataset("vectors", data=table)
+        f.attrs.update(dim=dim, source=source, mode=cfg.mode)
+    with atomic_path(out / "samples.h5") as tmp, h5py.File(tmp, "w") as f:
+        _write_samples(f, rows, token_ids, lengths, condition, cond_mean, cond_whiten)
+        f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
     info = {
         "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
         "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
