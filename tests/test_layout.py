@@ -67,3 +67,11 @@ def test_only_jobs_slurm_runs_slurms_tools():
     where = {(m, n.value) for m, p in modules().items() for n in ast.walk(ast.parse(p.read_text()))
              if isinstance(n, ast.Constant) and n.value in tools}
     assert {m for m, _ in where} == {"jobs.slurm"}, where
+
+
+def test_functions_fit_on_a_screen():
+    """About 80 lines at most: a longer one is split into named steps (train.run is the longest)."""
+    long = [f"{m}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for m, p in modules().items()
+            for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.FunctionDef)
+            and n.end_lineno - n.lineno + 1 > 85]
+    assert not long, long
