@@ -327,7 +327,6 @@ def cmd_sample(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-
     cfg = EvalConfig(run_dir=a.run_dir.absolute(), data=tuple(d.absolute() for d in a.data),
                      checkpoint=a.checkpoint, samples=a.samples, max_prompts=a.max_prompts, seed=a.seed,
                      i3d=a.i3d, cache=a.cache, steps=a.evaluator_steps, min_clips=a.min_clips)
@@ -352,7 +351,6 @@ def cmd_status(a) -> int:
 
 def cmd_demo(a) -> int:
     """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
-
     t0 = time.perf_counter()
     out = Path(a.out).absolute()
     data = out / "toy"
