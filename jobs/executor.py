@@ -14,17 +14,21 @@ items than the cluster's ``MaxArraySize`` go as several arrays (``array_parts``)
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
+
+import submitit
+from submitit.core.utils import JobPaths
+from submitit.slurm.slurm import _make_sbatch_string
+from tqdm import tqdm
+
+from jobs.slurm import ENDED, max_array_size, sacct_states
 
 EXECUTORS = ("local", "debug", "slurm")
 Kind = Literal["local", "debug", "slurm"]
@@ -82,17 +86,6 @@ def slurm_parameters(res: Resources, name: str) -> dict:
     return p
 
 
-@functools.lru_cache(maxsize=None)
-def max_array_size() -> int | None:
-    """The cluster's MaxArraySize (array indices 0..N-1 are allowed, so N tasks per array), from
-    `scontrol show config`; None where there is no scontrol to ask (e.g. --dry-run on a laptop)."""
-    if not shutil.which("scontrol"):
-        return None
-    r = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
-    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", r.stdout, re.M)
-    return int(m[1]) if r.returncode == 0 and m else None
-
-
 @dataclass(frozen=True)
 class ArrayPart:
     start: int               # items[start:stop] go in this array, as its tasks 0..stop-start-1
@@ -128,8 +121,6 @@ def split_note(n: int, res: Resources) -> str:
 
 def sbatch_script(folder, res: Resources, name: str, array_size: int | None = None) -> str:
     """The sbatch script of the (first) array, as SlurmExecutor renders it."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     folder = Path(folder).absolute()
     cmd = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     if array_size:
@@ -140,8 +131,6 @@ def sbatch_script(folder, res: Resources, name: str, array_size: int | None = No
 
 
 def make_executor(kind: Kind, folder, res: Resources, name: str, max_num_timeout: int = 3):
-    import submitit
-
     if kind == "slurm":
         ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_num_timeout)
         ex.update_parameters(**slurm_parameters(res, name))
@@ -166,35 +155,6 @@ def _outcome(item, job) -> Outcome:
                        log=str(getattr(job.paths, "stderr", "")))
 
 
-# sacct states after which a job never runs again (PREEMPTED and REQUEUED go back to the queue).
-ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
-
-
-def _task_ids(jid: str) -> list[str]:
-    """sacct's id for one row -> the task ids it stands for ("7_[3-5,9%2]" -> 7_3 7_4 7_5 7_9)."""
-    m = re.fullmatch(r"(\d+)_\[([\d,-]+)(?:%\d+)?\]", jid)
-    if not m:
-        return [jid]
-    out = []
-    for part in m[2].split(","):
-        lo, _, hi = part.partition("-")
-        out += [f"{m[1]}_{k}" for k in range(int(lo), int(hi or lo) + 1)]
-    return out
-
-
-def sacct_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """The newest state of every job and array task under ``job_ids``, from one sacct call
-    ({} if sacct fails: the caller just asks again later)."""
-    r = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"],
-                       capture_output=True, text=True)
-    states = {}
-    for line in r.stdout.splitlines() if r.returncode == 0 else []:
-        jid, _, state = line.partition("|")
-        for task in _task_ids(jid):
-            states[task] = state.split()[0] if state else ""  # "CANCELLED by 0" -> CANCELLED
-    return states
-
-
 def _ended_state(states: dict[str, str], job_id: str) -> str:
     """The job's state if sacct says it is over, else "". Array tasks cancelled while still
     pending are listed as "7_[4-5%6]" or, in a race with the scheduler (seen with SLURM 22.05),
@@ -204,8 +164,6 @@ def _ended_state(states: dict[str, str], job_id: str) -> str:
 
 
 def _result_names(job) -> list[str]:
-    from submitit.core.utils import JobPaths
-
     return [JobPaths(job.paths.folder, job_id=job.job_id, task_id=t).result_pickle.name
             for t in range(job.num_tasks)]
 
@@ -293,8 +251,6 @@ def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait
 
 def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resources, name: str,
               desc: str = "tasks", wait: bool = True, poll_s: float = 1.0) -> list[Outcome]:
-    from tqdm import tqdm
-
     items = list(items)
     if not items:
         return []

@@ -11,40 +11,27 @@ resubmits only what is missing.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
+from jobs.executor import exception_line
+from jobs.slurm import sacct_rows, squeue_reason
+from jobs.submit import STAGES, load_spec
+from pipeline.checkpoints import newest_step
+from pipeline.config import to_dict
 from pipeline.errors import UserError
+from pipeline.tracking_server import read_server
+from pipeline.train import build_config
 
 SHOW_FAILED = 5  # failed tasks listed per stage; a 1000-task array that failed needs a few, not all
 FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
-
-
-def _sacct(job: str) -> list[dict]:
-    if not shutil.which("sacct"):
-        return []
-    r = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-S", "now-30days", "-j", job,
-                        "-o", "JobID,State,ExitCode,NodeList,Reason"], capture_output=True, text=True)
-    keys = ("id", "state", "exit", "nodes", "reason")
-    return [dict(zip(keys, line.split("|"))) for line in r.stdout.splitlines() if line]
 
 
 def _ran(row: dict) -> bool:
     return bool(row["nodes"]) and row["nodes"] != "None assigned"
 
 
-def _squeue_reason(job: str) -> str:
-    if not shutil.which("squeue"):
-        return ""
-    r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True)
-    return r.stdout.strip().splitlines()[0] if r.stdout.strip() else ""
-
-
 def _last_error(log_dir: Path, job_id: str) -> str:
     """The task's exception line (e.g. "UserError: ..."), else its last error-ish line."""
-    from jobs.executor import exception_line
-
     for p in sorted(log_dir.glob(f"{job_id}_*_log.err")):
         if line := exception_line(p):
             return f"{line} ({p})"
@@ -65,16 +52,15 @@ def _done(stage: str, out: Path, spec: dict) -> tuple[bool, str]:
             return False, "no run/eval.json"
         r = json.loads(e.read_text())
         return True, f"eval.json at step {r['step']}: cond_acc_seen {r['cond_acc_seen']:.3f} (chance {r['chance']:.3f})"
-    ckpts = sorted((out / "run" / "checkpoints").glob("step-*.pt"))
     want = (spec["stages"].get("train") or {}).get("max_steps")
-    step = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0
+    step = newest_step(out / "run")
     done = (out / "run" / "generator.pt").exists() and (want is None or step >= int(want))
     return done, f"newest checkpoint step {step}" + (f" of {want}" if want else "")
 
 
 def _print_jobs(jobs: list[str], log_dir: Path) -> None:
     for job in jobs:
-        rows = _sacct(job)
+        rows = sacct_rows(job)
         last = {r["id"]: r for r in rows}
         requeued = sum(r["state"] == "REQUEUED" for r in rows)
         for r in last.values():
@@ -82,19 +68,15 @@ def _print_jobs(jobs: list[str], log_dir: Path) -> None:
             if r["state"].split()[0] in FAILED:
                 why = ": " + (_last_error(log_dir, r["id"]) or f"exit code {r['exit']}")
             elif r["state"] == "PENDING":
-                why = ": " + (_squeue_reason(r["id"]) or r["reason"])
+                why = ": " + (squeue_reason(r["id"]) or r["reason"])
             print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}"
                   + (f" (requeued {requeued}x)" if requeued else "") + why)
 
 
 def run_status(run_dir: Path) -> int:
     """A training run dir: progress from its checkpoints, its jobs from its logs."""
-    from pipeline.config import to_dict
-    from pipeline.train import build_config, checkpoint_paths
-
     cfg = json.loads((run_dir / "config.json").read_text())
-    ckpts = checkpoint_paths(run_dir)
-    step = int(ckpts[0].stem.split("-")[1]) if ckpts else 0
+    step = newest_step(run_dir)
     done = (run_dir / "generator.pt").exists() and step >= cfg["max_steps"]
     run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else "-"
     print(f"run {run_dir}: {'done' if done else 'not done'}, newest checkpoint step {step} of "
@@ -119,8 +101,6 @@ def run_status(run_dir: Path) -> int:
 
 
 def status(target) -> int:
-    from jobs.submit import STAGES, load_spec
-
     target = Path(target)
     if (target / "config.json").exists():
         return run_status(target)
@@ -136,9 +116,7 @@ def status(target) -> int:
     cause = ""  # the first failed task upstream: what a cancelled or stuck later stage waited on
     print(f"experiment {spec['name']} ({out})")
     if sub := latest.get("tracking"):  # the submission's MLflow server job (pipeline/tracking_server.py)
-        from pipeline.tracking_server import read_server
-
-        rows = _sacct(",".join(sub["jobs"]))
+        rows = sacct_rows(",".join(sub["jobs"]))
         info = read_server(out / "tracking" / "server.json") or {}
         print(f"  tracking  MLflow server job {','.join(sub['jobs'])}: "
               f"{rows[-1]['state'] if rows else 'no sacct record yet'}; {info.get('state', 'no server.json')}"
@@ -149,7 +127,7 @@ def status(target) -> int:
         jobs = (sub.get("jobs") or ([sub["job"]] if sub.get("job") else [])) if sub else []
         line = f"  {stage:7s} {'done' if done else 'not done':9s} {what}"
         if jobs:
-            rows = _sacct(",".join(jobs))
+            rows = sacct_rows(",".join(jobs))
             last = {r["id"]: r for r in rows}  # newest attempt per job/array task
             states: dict[str, int] = {}
             for r in last.values():
@@ -174,7 +152,7 @@ def status(target) -> int:
                         print(f"      {r['id']} {r['state']} on {r['nodes'] or '-'}: {why}")
                     failed.append(f"{r['id']} {state}: {why}")
                 elif state == "PENDING":
-                    reason = _squeue_reason(r["id"]) or r["reason"]
+                    reason = squeue_reason(r["id"]) or r["reason"]
                     stuck = reason == "DependencyNeverSatisfied" and cause
                     print(f"      {r['id']} PENDING: {reason}"
                           + (f" (it never will run: {cause}; scancel {r['id']})" if stuck else ""))

@@ -12,17 +12,28 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
+from jobs.executor import Resources, map_tasks, run_job, sbatch_script, split_note
+from jobs.slurm import watch_jobs
+from jobs.tasks import EvaluateTask, FramesTask, TrackingServerTask, TrainTask, VocabTask
+from pipeline import frames, train
+from pipeline.config import read_yaml
 from pipeline.errors import UserError
+from pipeline.evaluate import EvalConfig
+from pipeline.files import write_json
+from pipeline.frames import FramesConfig
+from pipeline.manifests import load_subset
+from pipeline.toydata import make_toy
+from pipeline.tracking import default_uri, prepare_store
+from pipeline.tracking_server import LocalServer, announce, exported, new_credentials
+from pipeline.vocab import VocabConfig
 
 STAGES = ("frames", "vocab", "train", "evaluate")
 
 
 def load_spec(path) -> dict:
-    from pipeline.config import read_yaml
-
     p = Path(path)
     spec = read_yaml(p, "experiment spec")
     for key in ("name", "data_manifest", "out", "stages"):
@@ -35,8 +46,6 @@ def load_spec(path) -> dict:
 
 
 def _resources(spec: dict, stage: str, dependency: str | None):
-    from jobs.executor import Resources
-
     given = dict(spec.get("resources", {}).get(stage) or {})
     valid = {f.name for f in fields(Resources)}
     bad = set(given) - valid
@@ -47,8 +56,6 @@ def _resources(spec: dict, stage: str, dependency: str | None):
 
 def _eval_config(given: dict, out: Path):
     """stages.evaluate in a spec: EvalConfig keys; the evaluator sees OUT/frames plus any `data` given."""
-    from pipeline.evaluate import EvalConfig
-
     valid = {f.name for f in fields(EvalConfig)} - {"run_dir"}
     bad = set(given) - valid
     if bad:
@@ -91,17 +98,10 @@ class ChainServer:
             return self
         if self.dry_run:
             if self.kind == "slurm":
-                from jobs.executor import sbatch_script
-
                 print(f"\n# ---- MLflow server (serves {self.store}) ----")
                 print(sbatch_script(self.folder / "logs", self.res, self.name))
             return self
-        from pipeline.tracking_server import LocalServer, announce, exported, new_credentials
-
         if self.kind == "slurm":
-            from jobs.executor import Resources, run_job
-            from jobs.tasks import TrackingServerTask
-
             # The server's password, new for this submission; the jobs submitted from here on
             # carry it in their environment (sbatch copies ours), none on a command line.
             self.env = exported(new_credentials(self.folder)).__enter__()
@@ -133,8 +133,6 @@ class ChainServer:
 
     def __exit__(self, *exc) -> None:
         if self.job:  # also after a failed submission: the server stops once what was submitted ends
-            from pipeline.tracking_server import watch_jobs
-
             watch_jobs(self.folder, sorted(set(self.jobs), key=int))
         if self.local:
             self.local.__exit__(*exc)
@@ -144,8 +142,6 @@ class ChainServer:
 
 def with_dependency(res, extra: str | None):
     """Resources whose dependency also waits for `extra` (comma: both must hold)."""
-    from dataclasses import replace
-
     if not extra:
         return res
     return replace(res, dependency=",".join(d for d in (res.dependency, extra) if d))
@@ -155,18 +151,10 @@ def _record(out: Path, entry: dict) -> None:
     """Append to OUT/submissions.json (what `t2v status` reads), atomically."""
     path = out / "submissions.json"
     subs = json.loads(path.read_text()) if path.exists() else []
-    tmp = path.with_name(f"submissions.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(subs + [entry], indent=1))
-    os.replace(tmp, path)
+    write_json(path, subs + [entry])
 
 
 def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = False) -> int:
-    from pipeline import train
-    from pipeline.frames import FramesConfig
-    from pipeline.manifests import load_subset
-    from pipeline.tracking import default_uri
-    from pipeline.vocab import VocabConfig
-
     spec = load_spec(spec_path)
     stages = [s for s in STAGES if s in (stages or spec["stages"])]
     env = {**{k: str(v) for k, v in (spec.get("vars") or {}).items()}, **os.environ}
@@ -175,8 +163,6 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
     labels = [Path(manifest["labels"][k]).absolute() for k in ("train", "validation") if k in manifest["labels"]]
     videos = Path(manifest["videos"]).absolute()
     if "generate" in manifest and not labels[0].exists() and not dry_run:
-        from pipeline.toydata import make_toy
-
         make_toy(labels[0].parent.parent, **manifest["generate"])
     cfg = spec["stages"]
     fcfg = FramesConfig(labels=labels[0], videos=videos, out=out / "frames",
@@ -198,8 +184,6 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
     ecfg = _eval_config(cfg.get("evaluate") or {}, out)
     if "train" in stages and not dry_run:
-        from pipeline.tracking import prepare_store
-
         prepare_store(tcfg.tracking_uri, tcfg.experiment)  # once, before any job could race on it
     print(f"experiment {spec['name']}: stages {' -> '.join(stages)} on the {kind} executor; outputs in {out}")
     with server:
@@ -211,8 +195,6 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
 
 def _server_resources(spec: dict, stages) -> "object":
     """resources.tracking in a spec, else one CPU for as long as the served stages may take."""
-    from jobs.executor import Resources
-
     if "tracking" in (spec.get("resources") or {}):
         return _resources(spec, "tracking", None)
     given = spec.get("resources") or {}
@@ -222,10 +204,6 @@ def _server_resources(spec: dict, stages) -> "object":
 
 
 def _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run) -> int:
-    from jobs.executor import map_tasks, run_job, sbatch_script, split_note
-    from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
-    from pipeline import frames, train
-
     dep = None  # afterok on the previous stage's job
     graph = []
     for stage in stages:

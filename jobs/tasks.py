@@ -1,14 +1,19 @@
 """Picklable task callables that submitit runs, one class per stage.
 
-Heavy imports happen inside ``__call__`` (the submitting process stays light),
-and ``checkpoint`` makes a preempted task requeue itself with the same
-arguments: a frames task simply redoes its shard, which is safe because a
-shard only exists once complete.
+A task pickles only its config (a frozen dataclass), and ``checkpoint`` makes
+a preempted task requeue itself with the same arguments: a frames task simply
+redoes its shard, which is safe because a shard only exists once complete.
+Each ``__call__`` imports its stage module itself, so a job process loads only
+its own stage: a frames task does not pay for torch, which training needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import submitit
+
+from jobs.slurm import requeue_self, serve_tracking
 
 
 @dataclass(frozen=True)
@@ -16,13 +21,11 @@ class FramesTask:
     cfg: object  # pipeline.frames.FramesConfig
 
     def __call__(self, shard: int) -> dict:
-        from pipeline.frames import run_shard
+        from pipeline import frames  # this stage only (see the module docstring)
 
-        return run_shard(self.cfg, shard)
+        return frames.run_shard(self.cfg, shard)
 
     def checkpoint(self, shard: int):
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self, shard)
 
 
@@ -31,13 +34,11 @@ class VocabTask:
     cfg: object  # pipeline.vocab.VocabConfig
 
     def __call__(self, _part: int = 0) -> dict:
-        from pipeline.vocab import run
+        from pipeline import vocab
 
-        return run(self.cfg)
+        return vocab.run(self.cfg)
 
     def checkpoint(self, _part: int = 0):
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self, _part)  # short and idempotent: just rerun
 
 
@@ -50,24 +51,16 @@ class TrainTask:
     cfg: object = None  # pipeline.train.TrainConfig; None for a sweep, whose points come as arguments
 
     def __call__(self, point=None) -> dict:
-        import os
-        import subprocess
+        from pipeline import train
 
-        from pipeline.train import run
-
-        result = run(point if point is not None else self.cfg)
-        if result["status"] == "preempted" and os.environ.get("SLURM_JOB_ID"):
+        result = train.run(point if point is not None else self.cfg)
+        if result["status"] == "preempted":
             # Checkpoint written: put this same job back in the queue. It restarts
             # with the same (config-only) pickle and resumes from the newest file.
-            job = os.environ.get("SLURM_ARRAY_JOB_ID")
-            job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
-            if int(os.environ.get("SLURM_PROCID", 0)) == 0:
-                subprocess.run(["scontrol", "requeue", job], check=True)
+            requeue_self()
         return result
 
     def checkpoint(self, point=None):
-        import submitit
-
         return submitit.helpers.DelayedSubmission(type(self)(self.cfg), point)
 
 
@@ -76,31 +69,25 @@ class EvaluateTask:
     cfg: object  # pipeline.evaluate.EvalConfig
 
     def __call__(self) -> dict:
-        from pipeline.evaluate import run
+        from pipeline import evaluate
 
-        r = run(self.cfg, progress=False)
+        r = evaluate.run(self.cfg, progress=False)
         return {k: v for k, v in r.items() if k != "prompts"}  # the full table is in RUN_DIR/eval.json
 
     def checkpoint(self):
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self)  # idempotent: eval.json is replaced atomically
 
 
 @dataclass(frozen=True)
 class TrackingServerTask:
-    """The chain's `mlflow server` as a SLURM job (pipeline/tracking_server.py): it serves until
+    """The chain's `mlflow server` as a SLURM job (jobs/slurm.py serve_tracking): it serves until
     every job named in its watch file has ended, and requeues itself on timeout or preemption."""
 
     store_uri: str
     folder: str
 
     def __call__(self) -> dict:
-        from pipeline.tracking_server import serve
-
-        return serve(self.store_uri, self.folder)
+        return serve_tracking(self.store_uri, self.folder)
 
     def checkpoint(self):
-        import submitit
-
         return submitit.helpers.DelayedSubmission(self)  # nothing to save: the store is the state

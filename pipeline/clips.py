@@ -9,13 +9,14 @@ from the same frames, so they look the same.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .files import atomic_path
 
 FONT_PX = 12
 BAND = 18       # px: a row's prompt band, a header line
@@ -128,17 +129,15 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
     vf = f"scale={w * scale}:{h * scale}:flags=neighbor"
     if path.suffix == ".gif":
         vf += ",split[a][b];[a]palettegen=max_colors=128[p];[b][p]paletteuse=dither=none"
-        codec = []
+        codec = ["-f", "gif"]
     else:
         vf += ",pad=ceil(iw/2)*2:ceil(ih/2)*2:0:0:white"
-        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart"]
-    # Written beside and renamed: a reader (the UI, a sweep point writing the same comparison) never
-    # sees half a file. ffmpeg picks the container by suffix, so the temporary name keeps it.
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
-           "-i", "-", "-vf", vf, *codec, str(tmp)]
-    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
-    os.replace(tmp, path)
+        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4"]
+    # The format is named, not taken from the suffix: ffmpeg writes a temporary name (files.atomic_path).
+    with atomic_path(path) as tmp:
+        cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-r", str(fps), "-i", "-", "-vf", vf, *codec, str(tmp)]
+        subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
     return path
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoints import checkpoint_paths
+from .clips import SCALE, Block, labelled, to_uint8, write
 from .errors import UserError
+from .labels import fill
+from .models import render
+from .prompts import clip_prompts, prompt_conditions
+from .sample import load_generator
 
 METRICS = ("cond_acc_seen", "cond_acc_heldout", "template_acc_seen", "object_acc_seen", "frechet", "diversity",
            "loss_G", "loss_D")
@@ -53,10 +59,6 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
     checkpoint, or `live` = (G_ema, step) of a running point), the run's own vocab for
     the prompts, and training's clip renderer with one seed for every run.
     """
-    from .clips import to_uint8
-    from .models import render
-    from .sample import load_generator
-
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     if live is None:
         g = load_generator(run_dir, device=device)
@@ -71,8 +73,6 @@ def point_clips(run_dir: Path, prompts, samples: int, seed: int, device="cpu", l
 def _conditions(vocab_dir: str, prompts: tuple):
     """Prompt conditions per vocab: a sweep's points share one, and loading it (a pretrained
     fastText model, perhaps) once per point and tick would cost more than the rendering."""
-    from .train import prompt_conditions
-
     return prompt_conditions(Path(vocab_dir), prompts)
 
 
@@ -117,10 +117,6 @@ def compare(runs, out: Path, samples: int = 4, seed: int = 0, device="cpu", live
     Runs without a readable checkpoint yet are left out of the picture (and listed in the table).
     `live` maps a run dir to (G_ema, step) to render instead of its newest checkpoint.
     """
-    from .clips import SCALE, Block, labelled, write
-    from .labels import fill
-    from .train import clip_prompts
-
     out = Path(out)
     if out.suffix and out.suffix.lower() not in (".gif", ".mp4"):
         raise UserError(f"--out {out}: use a .gif or .mp4 file, or a directory")
@@ -195,8 +191,6 @@ def sweep_compare(run_dir: Path, sweep: str, step: int, samples: int, seed: int,
     before another's final checkpoint would leave an older picture behind. So after writing,
     a point looks again and renders once more while some point has moved on meanwhile.
     """
-    from .train import checkpoint_paths
-
     me = Path(run_dir).absolute()
     for _ in range(tries):
         points = sweep_points(run_dir, sweep)

@@ -14,6 +14,8 @@ import json
 import typing
 from pathlib import Path
 
+import yaml
+
 from .errors import UserError
 
 
@@ -79,8 +81,6 @@ def override(cfg, pairs: list[str]):
 
 def read_yaml(path, what: str) -> dict:
     """A YAML mapping from ``path``; a missing file or bad YAML is a one-line UserError."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} not found: {path}")

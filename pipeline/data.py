@@ -1,6 +1,6 @@
 """A PyTorch Dataset over the frames stage's HDF5 shards.
 
-Rows come from ``manifest.csv`` (status ``ok`` only). Files are opened lazily
+Rows come from ``manifest.csv`` (status ``ok`` only, ``read_manifest``). Files are opened lazily
 in whichever process reads them and the handles are dropped when pickled, so
 the dataset can be handed to DataLoader workers (an h5py handle must not cross
 a fork). Items are uint8 tensors (T,H,W,3): normalising is the model's job.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -18,14 +19,20 @@ from torch.utils.data import Dataset
 from .errors import UserError
 
 
+def read_manifest(data: Path, ok_only: bool = True) -> pd.DataFrame:
+    """A frames output's manifest.csv: by default only the clips that decoded (status ``ok``),
+    which are the ones the shards hold."""
+    m = Path(data) / "manifest.csv"
+    if not m.exists():
+        raise UserError(f"{data} is not a finished frames output (no manifest.csv): run `t2v frames`")
+    df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
+    return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df
+
+
 class ShardDataset(Dataset):
     def __init__(self, root, ids=None):
         self.root = Path(root)
-        manifest = self.root / "manifest.csv"
-        if not manifest.exists():
-            raise UserError(f"{manifest} not found: the frames stage has not finished in {self.root}")
-        df = pd.read_csv(manifest, dtype={"id": str}, keep_default_na=False)
-        df = df[df["status"] == "ok"]
+        df = read_manifest(self.root)
         if ids is not None:
             df = df[df["id"].isin(set(ids))]
         self.rows = df.reset_index(drop=True)
@@ -35,8 +42,6 @@ class ShardDataset(Dataset):
         return len(self.rows)
 
     def _file(self, shard: str):
-        import h5py
-
         f = self._files.get(shard)
         if f is None:
             f = self._files[shard] = h5py.File(self.root / "shards" / shard, "r")
@@ -53,8 +58,3 @@ class ShardDataset(Dataset):
         state = self.__dict__.copy()
         state["_files"] = {}  # never pickle open HDF5 handles
         return state
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files = {}

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+import av
 import numpy as np
 
 DECODERS = ("skvideo", "pyav")
@@ -67,7 +68,7 @@ def _filters(size: int, resize: str) -> list[tuple[str, str]]:
 
 
 def _decode_skvideo(path: Path, size: int, resize: str) -> np.ndarray:
-    from ._skvideo_compat import skvideo_io
+    from ._skvideo_compat import skvideo_io  # the optional --decoder skvideo: its shim patches numpy
 
     sio = skvideo_io()
     # "-s" only tells skvideo the output shape; the filter does the work.
@@ -92,8 +93,6 @@ def _decode_skvideo(path: Path, size: int, resize: str) -> np.ndarray:
 
 
 def _decode_pyav(path: Path, size: int, resize: str) -> np.ndarray:
-    import av
-
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError, ValueError) as e:

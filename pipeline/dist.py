@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from dataclasses import dataclass
 
+import submitit
 import torch
 import torch.distributed as tdist
+from submitit.core.job_environment import JobEnvironment
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,8 @@ def slurm_master_addr(env=os.environ) -> str:
 
 def _submitit_env() -> dict | None:
     try:
-        import submitit
-
         job = submitit.JobEnvironment()
-    except (ImportError, RuntimeError):
+    except RuntimeError:  # not inside a submitit job
         return None
     if job.num_tasks <= 1:
         return {"rank": 0, "world": 1, "local_rank": 0}
@@ -144,8 +147,22 @@ def init(device: str = "auto") -> Env:
     return _ENV
 
 
-def env() -> Env:
-    return _ENV
+def preempt_signal() -> signal.Signals:
+    """The preemption signal: submitit's (USR2 since NCCL swallowed USR1, NVIDIA/nccl#704), or
+    SUBMITIT_PREEMPT_SIGNAL. submitit writes the same value into sbatch --signal, and the job
+    inherits the variable, so the scheduler and this handler always agree."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", JobEnvironment.USR_SIG).upper().removeprefix("SIG")
+    try:
+        return signal.Signals["SIG" + name]
+    except KeyError:
+        raise UserError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)") from None
+
+
+def job_tags() -> dict:
+    """Where this process runs, for the MLflow run's tags ("" outside SLURM)."""
+    return {"slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
+            "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
 
 
 def shutdown() -> None:
@@ -176,15 +193,6 @@ def average_buffers(module) -> None:
         if b.is_floating_point():
             tdist.all_reduce(b)
             b /= _ENV.world
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if it is True on any (e.g. a preemption signal seen by one)."""
-    if _ENV.world == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=_ENV.device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def max_rank(value: int) -> int:

@@ -19,20 +19,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import linalg
 from torch import nn
+from tqdm import tqdm
 
+from .data import read_manifest
 from .errors import UserError
+from .files import atomic_write, write_json
+from .labels import fill
 from .models import render
+from .sample import load_generator
 from .text import tokenize
+from .tracking import default_uri
+from .tracking_server import resolve
 
 EVALUATOR_VERSION = 3  # bump when the classifier or its training changes: old caches are then ignored
 
@@ -101,13 +110,7 @@ def _object(placeholders: str) -> str:
 
 
 def _rows(data: Path):
-    import pandas as pd
-
-    m = Path(data) / "manifest.csv"
-    if not m.exists():
-        raise UserError(f"{data} is not a finished frames output (no manifest.csv): run `t2v frames`")
-    df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
-    df = df[df["status"] == "ok"].copy()
+    df = read_manifest(data)
     df["object"] = df["placeholders"].map(_object)
     df["data"] = str(data)
     return df
@@ -119,8 +122,6 @@ def _is_val(video_id: str) -> bool:
 
 def load_clips(df) -> torch.Tensor:
     """uint8 (N,T,H,W,3) for the manifest rows, read shard by shard."""
-    import h5py
-
     out = []
     for (data, shard), part in df.groupby(["data", "shard"], sort=False):
         with h5py.File(Path(data) / "shards" / shard, "r") as f:
@@ -166,8 +167,6 @@ def _fit(x, t, o, tr, n_templates: int, n_objects: int, cfg: EvalConfig, progres
     """Train the classifier on clips ``x[tr]`` from its own seeds: the caller's torch and
     NumPy random streams are left as they were (training evaluates mid-run, and a resumed
     run must draw the same numbers as a straight one)."""
-    from tqdm import tqdm
-
     rng = np.random.default_rng(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -224,10 +223,8 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     state = {"model": model.state_dict(), "templates": templates, "objects": objects, "val_acc": acc,
              "n_train": int(len(tr)), "n_val": int(val.sum()), "data": [str(d) for d in cfg.data],
              "version": EVALUATOR_VERSION}
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # concurrent evaluations: the last complete file wins, none is torn
+    # Concurrent evaluations: the last complete file wins, none is torn.
+    atomic_write(path, lambda p: torch.save(state, p))
     return dict(state, model=model, path=path, cached=False)
 
 
@@ -235,8 +232,6 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
 
 
 def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
     mu1, mu2 = a.mean(0), b.mean(0)
     eye = 1e-6 * np.eye(a.shape[1])  # dead ReLU features make a covariance singular
     s1, s2 = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
@@ -323,8 +318,6 @@ def _device(name: str) -> torch.device:
 
 def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, progress: bool = True) -> dict:
     """All metrics for one generator; used by ``run`` and by training's eval_every."""
-    from .labels import fill
-
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
     model = ev["model"].to(device)
@@ -487,11 +480,8 @@ def write_heatmap(r: dict, path: Path) -> Path:
                  "outlined: held-out pair P (red), held-out object O (orange), unreachable U (grey)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # the temp name has no suffix
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -501,13 +491,8 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
     if not id_file.exists():
         return None
     try:
-        import time
-
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # mlflow takes seconds to import: only where it logs
         from mlflow.tracking import MlflowClient
-
-        from .tracking import default_uri
-        from .tracking_server import resolve
 
         store = run_cfg.get("tracking_uri") or default_uri(Path.cwd())
         client = MlflowClient(tracking_uri=resolve(store, run_cfg.get("tracking_server"), wait_s=30))
@@ -526,8 +511,6 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
 
 
 def run(cfg: EvalConfig, progress: bool = True) -> dict:
-    from .sample import load_generator
-
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.json"
     if not saved.exists():
@@ -544,8 +527,6 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict:
     r.update(checkpoint=str(g.checkpoint), run_dir=str(run_dir), data=[str(d) for d in cfg.data])
     r["heatmap"] = str(write_heatmap(r, run_dir / "eval_heatmap.png"))
     path = run_dir / "eval.json"
-    tmp = path.with_name(f".eval.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(r, indent=1))
-    os.replace(tmp, path)
+    write_json(path, r)
     r["mlflow_run_id"] = log_to_mlflow(run_dir, run_cfg, r, path)
     return r

@@ -13,18 +13,20 @@ manifest is written the same way, and only once every shard exists.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+import h5py
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from .config import fingerprint, to_dict
 from .decode import ClipError, decode, sample_indices
 from .errors import UserError
+from .files import atomic_path, atomic_write, stale_temps, write_json
 from .labels import Sample, read_labels, select_templates
 
 STATUSES = ("ok", "missing", "corrupt", "too_short")
@@ -86,8 +88,6 @@ def plan(cfg: FramesConfig, verify: bool = True) -> Plan:
     ``verify`` opens every existing shard to check its config and samples (the CLI
     does this once before submitting); array tasks skip it and trust file names.
     """
-    import h5py
-
     _check_config(cfg)
     samples = read_labels(cfg.labels)
     if not Path(cfg.videos).is_dir():
@@ -138,24 +138,20 @@ def _clip(cfg: FramesConfig, s: Sample) -> tuple[np.ndarray | None, str, int, st
 
 def run_shard(cfg: FramesConfig, k: int, progress: bool = True) -> dict:
     """Array task: decode shard ``k``'s clips and write ``shard-k.h5`` atomically."""
-    import h5py
-    from tqdm import tqdm
-
     p = plan(cfg, verify=False)  # checked before submission; N tasks x N shard opens would add up
     final = shard_path(cfg, k)
     if k in p.done:
         return _finish(cfg, p, k)
     rows = p.shards[k]
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(final.name + ".tmp-*"):
+    for stale in stale_temps(final):
         stale.unlink(missing_ok=True)  # left by a killed task; ours gets a new name
-    tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     t, s = cfg.frames, cfg.size
     comp = {"gzip": dict(compression="gzip", compression_opts=1), "lzf": dict(compression="lzf"),
             "none": {}}[cfg.compression]
     statuses, n_frames, reasons, index = [], [], [], []
     t0 = time.time()
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(final) as tmp, h5py.File(tmp, "w") as f:
         videos = f.create_dataset("videos", shape=(0, t, s, s, 3), maxshape=(None, t, s, s, 3),
                                   dtype=np.uint8, chunks=(1, t, s, s, 3), **comp)
         ok_ids = []
@@ -181,19 +177,8 @@ def run_shard(cfg: FramesConfig, k: int, progress: bool = True) -> dict:
         f.attrs["shard"] = k
         f.attrs.update({key: json.dumps(v) for key, v in cfg.content().items()})
         f.attrs["seconds"] = time.time() - t0
-    _fsync(tmp)
-    os.replace(tmp, final)
-    _fsync(final.parent)
     p.done.append(k)
     return _finish(cfg, p, k)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_manifest(cfg: FramesConfig, p: Plan) -> bool:
@@ -212,9 +197,6 @@ def _finish(cfg: FramesConfig, p: Plan, k: int) -> dict:
 
 
 def read_rows(cfg: FramesConfig, p: Plan):
-    import h5py
-    import pandas as pd
-
     parts = []
     for k, rows in enumerate(p.shards):
         with h5py.File(shard_path(cfg, k), "r") as f:
@@ -236,16 +218,10 @@ def read_rows(cfg: FramesConfig, p: Plan):
 def write_manifest(cfg: FramesConfig, p: Plan) -> Path:
     out = Path(cfg.out) / "manifest.csv"
     df = read_rows(cfg, p)
-    tmp = out.with_name(f"manifest.csv.tmp-{socket.gethostname()}-{os.getpid()}")
-    df.to_csv(tmp, index=False)
-    _fsync(tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda p: df.to_csv(p, index=False))
 
 
 def summary(manifest: Path) -> dict[str, int]:
-    import pandas as pd
-
     counts = pd.read_csv(manifest, dtype={"id": str})["status"].value_counts()
     return {s: int(counts.get(s, 0)) for s in STATUSES}
 
@@ -260,5 +236,5 @@ def prepare(cfg: FramesConfig) -> Plan:
         manifest.unlink()  # it described shards that are gone
     cfg_file = out / "frames_config.json"
     if not cfg_file.exists():
-        cfg_file.write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
+        write_json(cfg_file, to_dict(cfg), sort_keys=True)
     return p

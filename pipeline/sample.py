@@ -7,16 +7,19 @@ its vector from the kept fastText model's subwords.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
+from . import checkpoints
+from .clips import grid, to_uint8, write
 from .errors import UserError
-from .models import render
+from .files import atomic_path, write_json
+from .models import Generator, render
+from .vocab import Vocab
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Loaded:
 
 def run_dir_of(run_id: str, tracking_uri: str) -> Path:
     """An MLflow run id -> the run dir training logged as its ``run_dir`` param."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # seconds to import: only for --run-id
 
     try:
         run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
@@ -44,26 +47,10 @@ def run_dir_of(run_id: str, tracking_uri: str) -> Path:
 
 
 def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
-    from .models import Generator
-    from .train import checkpoint_paths, load_latest
-    from .vocab import Vocab
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run dir {run_dir} not found")
-    if checkpoint is None:
-        state = load_latest(run_dir)
-        if state is None:
-            raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
-        path = run_dir / "checkpoints" / f"step-{state['step']:08d}.pt"  # the one load_latest read
-    else:
-        path = Path(checkpoint)
-        if not path.exists() and str(checkpoint).isdigit():
-            path = run_dir / "checkpoints" / f"step-{int(checkpoint):08d}.pt"
-        if not path.exists():
-            have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
-            raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state, path = checkpoints.resolve(run_dir, checkpoint)
     cfg = state["config"]
     vocab = Vocab(cfg["vocab"])
     G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"],
@@ -80,20 +67,14 @@ def conditions(vocab, texts) -> torch.Tensor:
 def write_h5(clips: np.ndarray, texts, out: Path) -> Path:
     """Raw clips for anyone's own classifier: ``videos`` uint8 (P, n, T, H, W, 3) and
     ``prompts`` (P,) strings in --text order."""
-    import h5py
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("videos", data=clips, dtype=np.uint8)
         f.create_dataset("prompts", data=list(texts), dtype=h5py.string_dtype())
-    os.replace(tmp, out)
     return out
 
 
 def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpoint=None) -> dict:
-    from .clips import grid, to_uint8, write
-
     texts = list(texts)
     if not texts:
         raise UserError("give at least one --text")
@@ -114,5 +95,5 @@ def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpo
     meta = {"run_dir": str(run_dir), "checkpoint": str(g.checkpoint), "step": g.step, "seed": seed, "n": n,
             "rows": texts, "files": [str(p) for p in paths]}
     side = paths[0].with_name(paths[0].stem + ".json")
-    side.write_text(json.dumps(meta, indent=1))
+    write_json(side, meta)
     return meta

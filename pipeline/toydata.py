@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
+from .files import write_json
 from .labels import fill
 
 FPS = 12
@@ -69,7 +69,7 @@ def heldout_sets(seed: int) -> dict:
 
 @functools.cache
 def _digits() -> np.ndarray:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # a second to import, for toy data only
 
     data = load_digits()
     # One fixed exemplar per class keeps the object's look consistent.
@@ -237,12 +237,12 @@ def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True, worke
         labels[split].append({"id": vid, "label": label[0].lower() + label[1:],
                               "template": template, "placeholders": [obj]})
     for split, rows in labels.items():
-        (out / "labels" / f"{split}.json").write_text(json.dumps(rows, indent=1))
+        write_json(out / "labels" / f"{split}.json", rows)
     meta = {"seed": seed, "videos": videos, "fps": FPS, "objects": OBJECTS,
             "templates": {k: v for k, v in TEMPLATES.items()},
             "heldout_pairs": [[o, TEMPLATES[d]] for o, d in held["heldout_pairs"]],
             "heldout_objects": held["heldout_objects"],
             "unreachable": held["unreachable"],
             "counts": {k: len(v) for k, v in labels.items()}}
-    (out / "toy_meta.json").write_text(json.dumps(meta, indent=1))
+    write_json(out / "toy_meta.json", meta)  # last: its presence says the data set is complete
     return meta

@@ -5,14 +5,21 @@ logs into the same run; metrics at steps the run already has are skipped, so
 redoing steps after a crash never logs a step twice. Every call is guarded: if
 the tracking server is down, training warns once and carries on, and the
 checkpoints still hold everything.
+
+mlflow is imported inside the functions that call it: the import alone takes
+seconds, which every rank and every command that never logs would pay.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
 from pathlib import Path
+
+from .files import write_text
+from .tracking_server import artifact_root, resolve
 
 KEY_METRIC = "loss_G"  # logged every tick; its history says where a resumed run left off
 # MLflow 3 knows two kinds of experiment: GenAI (traces, evaluations) and model training. The
@@ -27,20 +34,12 @@ def default_uri(base: Path) -> str:
     return f"sqlite:///{(Path(base) / 'mlruns' / 'mlflow.db').absolute()}"
 
 
-def artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside it (not in the cwd); tasks write them straight to
-    the shared file system, also when their metadata goes through a tracking server."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").absolute().as_uri()
-    return None
-
-
 def prepare_store(uri: str, experiment: str, client=None) -> str:
     """Create the store (schema migrations) and the experiment once, in the submitting process.
 
     Sixteen writers opening a fresh SQLite store at once race on its migrations (15 of 16 died
-    in bench/mlflow_writers.py); on a prepared store all 16 logged every metric (README,
-    "Hardening"). Returns the experiment id.
+    in bench/mlflow_writers.py); on a prepared store all 16 logged every metric (docs/benchmarks.md).
+    Returns the experiment id.
     """
     from mlflow.tracking import MlflowClient
 
@@ -138,9 +137,7 @@ class Tracker:
             run = self.client.create_run(exp_id, run_name=run_name or run_dir.name,
                                          tags={k: str(v) for k, v in tags.items()})
             self.run_id = run.info.run_id
-            tmp = id_file.with_suffix(".tmp")
-            tmp.write_text(self.run_id)
-            os.replace(tmp, id_file)
+            write_text(id_file, self.run_id)
             self._params(_flatten(params))
         for k, v in {**tags, "t2v.tracking": self.uri}.items():  # where this attempt logs: server or store
             self.client.set_tag(self.run_id, k, str(v))
@@ -155,8 +152,6 @@ class Tracker:
     def _connect(self, wait_s: float = 0.0) -> bool:
         """(Re)pick server or store; True if that changed where calls go."""
         from mlflow.tracking import MlflowClient
-
-        from .tracking_server import resolve
 
         self.checked = time.time()
         uri = resolve(self.store, self.server_file, wait_s)
@@ -227,8 +222,6 @@ class Tracker:
             self._fail(e)
             return
         if max_mb is not None and size > max_mb * 2**20:
-            import hashlib
-
             h = hashlib.sha256()
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):

@@ -9,7 +9,7 @@ server answers (a server job being requeued, say), they write to the store direc
 no metric is dropped for want of a server.
 
 Artifacts bypass the server: the experiment's artifact location is a directory beside the
-store (`tracking.artifact_root`), which every task writes to on the shared file system.
+store (`artifact_root`), which every task writes to on the shared file system.
 
 The server belongs to whoever submitted: MLflow's basic-auth app, with one user (the
 submitter's login name) and a password generated per submission. Both live in
@@ -31,13 +31,22 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .files import write_json
+
 SERVER_FILE = "server.json"  # {"state", "uri", "host", "port", "pid", "job_id", "store", "time"}
 CREDENTIALS_FILE = "credentials.json"  # {"username", "password", "secret_key"}, mode 0600
 AUTH_DB, AUTH_INI = "auth.db", "auth.ini"  # the basic-auth app's user store and its settings
-WATCH_FILE = "watch.json"    # {"jobs": [...]}: the SLURM jobs the server outlives
 # server.json's states: "starting" (job submitted), "serving" (uri answers), "restarting" (job
 # requeued), "stopped" (its jobs have ended). Tasks wait for the first and third, not the last.
 WAIT_FOR = ("starting", "serving", "restarting")
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside it (not in the cwd); tasks write them straight to
+    the shared file system, also when their metadata goes through a tracking server."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").absolute().as_uri()
+    return None
 
 
 def healthy(uri: str, timeout: float = 2.0) -> bool:
@@ -73,13 +82,7 @@ def resolve(store_uri: str, server_file: str | os.PathLike | None, wait_s: float
 def announce(folder, job_id: str) -> None:
     """Written by the submitter: a server job is coming, so tasks that start first wait for it."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    _write_json(Path(folder) / SERVER_FILE, dict(state="starting", job_id=str(job_id), time=time.time()))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    write_json(Path(folder) / SERVER_FILE, dict(state="starting", job_id=str(job_id), time=time.time()))
 
 
 def new_credentials(folder) -> dict:
@@ -166,15 +169,13 @@ def _free_port(bind: str) -> int:
 
 
 def start(store_uri: str, folder, public_host: str | None = None, workers: int = 1,
-          wait_s: float = 120.0) -> subprocess.Popen:
+          wait_s: float = 120.0, job_id: str | None = None) -> subprocess.Popen:
     """Start `mlflow server` (basic-auth app, FOLDER/credentials.json) on the store; return once
     it answers and server.json names it.
 
     Without `public_host` it listens on loopback only (local executor). With one it listens on
     that host's own address and admits its name, which is what tasks on other nodes connect to.
     """
-    from .tracking import artifact_root
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bind, name = (bind_address(public_host), public_host) if public_host else ("127.0.0.1", "127.0.0.1")
@@ -202,9 +203,9 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
         deadline = time.time() + wait_s
         while proc.poll() is None and time.time() < deadline:
             if healthy(uri):
-                _write_json(folder / SERVER_FILE, dict(
+                write_json(folder / SERVER_FILE, dict(
                     state="serving", uri=uri, host=name, port=port, pid=proc.pid,
-                    job_id=os.environ.get("SLURM_JOB_ID"), store=store_uri, time=time.time()))
+                    job_id=job_id, store=store_uri, time=time.time()))
                 return proc
             time.sleep(0.5)
         stop(proc, folder)
@@ -217,7 +218,7 @@ def stop(proc: subprocess.Popen, folder, final: bool = True) -> None:
     info = read_server(f) or {}
     if info.get("pid") == proc.pid:
         info.update(state="stopped" if final else "restarting", time=time.time())
-        _write_json(f, info)
+        write_json(f, info)
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -225,54 +226,6 @@ def stop(proc: subprocess.Popen, folder, final: bool = True) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def watch_jobs(folder, job_ids) -> None:
-    """Tell a SLURM-hosted server which jobs it serves; it stops once all of them have ended."""
-    _write_json(Path(folder) / WATCH_FILE, {"jobs": [str(j) for j in job_ids]})
-
-
-def _watched_over(folder) -> bool:
-    from jobs.executor import ENDED, sacct_states
-
-    try:
-        ids = json.loads((Path(folder) / WATCH_FILE).read_text())["jobs"]
-    except (OSError, ValueError, KeyError):
-        return False  # not told yet: the submitter is still submitting
-    if not ids:
-        return True
-    states = sacct_states(ids)  # one batched call; {} if sacct is down (then squeue decides)
-    unknown = []
-    for jid in ids:
-        mine = [s for k, s in states.items() if k == jid or k.startswith(f"{jid}_")]
-        if any(s not in ENDED for s in mine):  # a requeued job is PENDING again
-            return False
-        if not mine:
-            unknown.append(jid)
-    if unknown:  # no accounting record (lag, or purged): over only if the queue doesn't hold it either
-        r = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(unknown)], capture_output=True, text=True)
-        return not r.stdout.strip() and (r.returncode == 0 or "Invalid job id" in r.stderr)
-    return True
-
-
-def serve(store_uri: str, folder, poll_s: float = 30.0) -> dict:
-    """The SLURM job's body: serve until every watched job has ended, restarting a crashed server.
-    A timeout or preemption lands in submitit's handler, which requeues the job; `finally`
-    withdraws server.json, so tasks meanwhile write to the store directly."""
-    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
-    proc = start(store_uri, folder, public_host=host)
-    restarts, final = 0, False
-    t0 = time.time()
-    try:
-        while not _watched_over(folder):
-            time.sleep(poll_s)
-            if proc.poll() is not None:
-                print(f"mlflow server exited with {proc.returncode}; starting it again", file=sys.stderr)
-                proc, restarts = start(store_uri, folder, public_host=host), restarts + 1
-        final = True
-    finally:  # also on the requeue that submitit's signal handler does: then "restarting"
-        stop(proc, folder, final)
-    return {"served_s": round(time.time() - t0, 1), "restarts": restarts, "host": host}
 
 
 class LocalServer:

@@ -9,8 +9,9 @@ a run stopped at N and resumed to 2N equals a straight run to 2N.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,15 +21,26 @@ from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import dist
-from .augment import augment
-from .models import render
-from .config import to_dict
+from .augment import augment, parse
+from .checkpoints import FORMAT, checkpoint_paths, load_latest, save_checkpoint
+from .clips import Block, labelled, to_uint8, write_both
+from .compare import sweep_compare
+from .config import override, to_dict
+from .data import ShardDataset
 from .errors import UserError
+from .evaluate import EvalConfig, evaluate_generator, write_heatmap
+from .files import atomic_write, write_json
+from .labels import fill
+from .models import Generator, ImageD, VideoD, render
+from .prompts import clip_prompts, prompt_conditions
+from .tracking import Tracker, default_uri
+from .vocab import Vocab
 
 # Keys that may change when a run is resumed; any other difference is a different experiment.
 RUN_CONTROL = {"data", "vocab", "run_dir", "max_steps", "checkpoint_every", "keep_checkpoints", "tick_every",
@@ -95,9 +107,9 @@ class TrainConfig:
 
 
 def _debug_cpu() -> dict:
-    # channels_last: 1.14x on a 2-core CPU (bench/train_step.py, see README). Hinge, one D step,
+    # channels_last: 1.14x on a 2-core CPU (bench/train_step.py, docs/benchmarks.md). Hinge, one D step,
     # GP 10 every 4th D step, lr 5e-4, betas (0, 0.99): on the 600-clip toy set this reached
-    # cond_acc_seen 0.13 at step 600 (chance 0.011); see README "Sampling and evaluation".
+    # cond_acc_seen 0.13 at step 600 (chance 0.011); see docs/sampling-evaluation.md.
     return dict(batch=16, g_ch=8, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True)
@@ -113,10 +125,6 @@ PRESETS = {"default": dict, "debug_cpu": _debug_cpu, "paper": _paper}
 
 def sweep_points(base: TrainConfig, sweeps: list[str]) -> list[TrainConfig]:
     """--sweep key=v1,v2 ... -> one config per point of the product, each in its own run dir."""
-    import itertools
-
-    from .config import override
-
     axes = []
     for sw in sweeps:
         key, sep, values = sw.partition("=")
@@ -132,8 +140,6 @@ def sweep_points(base: TrainConfig, sweeps: list[str]) -> list[TrainConfig]:
 
 
 def build_config(data, vocab, run_dir, preset: str = "default", overrides=()) -> TrainConfig:
-    from .config import override
-
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     cfg = TrainConfig(data=Path(data), vocab=Path(vocab), run_dir=Path(run_dir), preset=preset,
@@ -148,10 +154,6 @@ class TrainData(torch.utils.data.Dataset):
     """Frames shards joined with the vocab's per-sample condition vectors by video id."""
 
     def __init__(self, data: Path, vocab: Path):
-        import h5py
-
-        from .data import ShardDataset
-
         self.clips = ShardDataset(data)
         with h5py.File(Path(vocab) / "samples.h5", "r") as f:
             ids = [i.decode() for i in f["ids"][:]]
@@ -203,8 +205,6 @@ def to_model_input(video_u8: torch.Tensor, device) -> torch.Tensor:
 
 
 def _shard_attrs(data: Path) -> dict:
-    import h5py
-
     shards = sorted((Path(data) / "shards").glob("shard-*.h5"))
     if not shards:
         raise UserError(f"no shards in {data}/shards: run `t2v frames` first")
@@ -221,8 +221,6 @@ def _plain_default(v):
 
 def check(cfg: TrainConfig) -> dict:
     """Everything that can be wrong before a job starts; returns what the plan prints."""
-    from .vocab import Vocab
-
     for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints"):
         if getattr(cfg, k) < 1:
             raise UserError(f"{k} must be >= 1")
@@ -286,40 +284,6 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def checkpoint_paths(run_dir: Path) -> list[Path]:
-    """Checkpoints, newest first (found by scanning, never through a pointer file)."""
-    return sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"), reverse=True)
-
-
-def load_latest(run_dir: Path) -> dict | None:
-    for p in checkpoint_paths(run_dir):
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            if state.get("format") == 1:
-                return state
-            raise ValueError("not a t2v checkpoint")
-        except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
-            print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
-    return None
-
-
-def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    d = Path(run_dir) / "checkpoints"
-    d.mkdir(parents=True, exist_ok=True)
-    final = d / f"step-{step:08d}.pt"
-    tmp = d / f".{final.name}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fd = os.open(d, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    for old in checkpoint_paths(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
-    return final
-
-
 # ----------------------------------------------------------------------------- losses
 
 
@@ -346,8 +310,6 @@ def gradient_penalty(D, real, fake, cond) -> torch.Tensor:
 
 
 def augment_policy(policy: str) -> tuple[str, ...]:
-    from .augment import parse
-
     try:
         return parse(policy)
     except ValueError as e:
@@ -390,8 +352,6 @@ class GAN:
     """
 
     def __init__(self, cfg: TrainConfig, cond_dim: int, device, cond_parts=None):
-        from .models import Generator, ImageD, VideoD
-
         self.cfg, self.device, self.cond_parts = cfg, device, cond_parts
         self.policy = augment_policy(cfg.augment)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
@@ -476,29 +436,6 @@ class GAN:
 # ----------------------------------------------------------------------------- prompts and clips
 
 
-def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[str, str, bool]]:
-    """(template, object, held_out) rows for clip grids: common training pairs, then
-    pairs of a seen object with a template it never had in training (e.g. the reversed direction)."""
-    import pandas as pd
-
-    m = pd.read_csv(Path(data) / "manifest.csv", dtype={"id": str}, keep_default_na=False)
-    m = m[m["status"] == "ok"]
-    m["object"] = m["placeholders"].map(lambda p: " ".join(json.loads(p)))
-    pairs = m.groupby(["template", "object"]).size().sort_values(ascending=False, kind="stable")
-    seen = [(t, o, False) for t, o in list(pairs.index)[:n_seen]]
-    have = set(pairs.index)
-    held = [(t, o, True) for _, o, _ in seen for t in sorted(set(m["template"])) if (t, o) not in have]
-    return seen + held[:n_heldout]
-
-
-def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
-    """(template, object, held_out) rows -> conditions, through the same path as `t2v sample`."""
-    from .labels import fill
-    from .vocab import Vocab
-
-    return torch.from_numpy(Vocab(vocab_dir).conditions([fill(t, [o]) for t, o, _ in prompts])).float()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -510,198 +447,210 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def preempt_signal() -> signal.Signals:
-    """The preemption signal: submitit's (USR2 since NCCL swallowed USR1, NVIDIA/nccl#704), or
-    SUBMITIT_PREEMPT_SIGNAL. submitit writes the same value into sbatch --signal, and the job
-    inherits the variable, so the scheduler and this handler always agree."""
-    from submitit.core.job_environment import JobEnvironment
+class Batches:
+    """What ``GAN.step`` calls for its next batch: (real B,3,T,H,W in [-1, 1], cond B,C) on the
+    device. Counts the batches this rank has drawn (``pos``, the checkpoint's data position)
+    and the seconds spent waiting for the loader since the last tick (``wait_s``)."""
 
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", JobEnvironment.USR_SIG).upper().removeprefix("SIG")
-    try:
-        return signal.Signals["SIG" + name]
-    except KeyError:
-        raise UserError(f"SUBMITIT_PREEMPT_SIGNAL={name!r} is not a signal name (e.g. USR2)") from None
+    def __init__(self, loader, device, channels_last: bool, pos: int):
+        self.loader, self.device, self.channels_last, self.pos = loader, device, channels_last, pos
+        self.wait_s = 0.0
+
+    def __call__(self):
+        t0 = time.perf_counter()
+        video, cond = next(self.loader)
+        self.wait_s += time.perf_counter() - t0
+        self.pos += 1
+        x = to_model_input(video, self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x, cond.to(self.device)
 
 
-def run(cfg: TrainConfig) -> dict:
-    from .tracking import Tracker, default_uri
+class StopRequests:
+    """Signal handlers that only record the strongest request: 1 = preempted (checkpoint,
+    requeue, the MLflow run stays RUNNING), 2 = cancelled (SIGTERM: checkpoint, KILLED).
+    The loop reads ``code`` at step boundaries, where ranks agree on it."""
 
-    env = dist.init(cfg.device)
-    device = torch.device(env.device)
-    run_dir = Path(cfg.run_dir)
-    info = check(cfg)
-    if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
-    dist.barrier()
+    def __init__(self):
+        self.code = 0
+        self.codes = {dist.preempt_signal(): 1, signal.SIGTERM: 2}
+        self.previous = {s: signal.signal(s, self._handle) for s in self.codes}
 
-    gan = GAN(cfg, info["cond_dim"], device, info["parts"])
-    cdim = info["cond_dim"]
+    def _handle(self, sig, _frame) -> None:
+        self.code = max(self.code, self.codes[sig])
 
-    # Resume or start.
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _start(cfg: TrainConfig, gan: GAN, run_dir: Path, env) -> tuple[int, int]:
+    """Resume from the newest readable checkpoint, or seed a new run; returns (step, data_pos)."""
     state = load_latest(run_dir)
     if state is None:
-        step, data_pos = 0, 0
         random.seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
         torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
-    else:
-        gan.load_state_dict(state)
-        step, data_pos = state["step"], state["data_pos"]
-        gan.d_count = step * cfg.d_steps
-        if len(state["rng"]) != env.world:
-            raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
-        _set_rng_state(state["rng"][env.rank])
-        if env.main:
-            print(f"resuming {run_dir} from step {step}", file=sys.stderr)
+        return 0, 0
+    gan.load_state_dict(state)
+    gan.d_count = state["step"] * cfg.d_steps
+    if len(state["rng"]) != env.world:
+        raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")
+    _set_rng_state(state["rng"][env.rank])
+    if env.main:
+        print(f"resuming {run_dir} from step {state['step']}", file=sys.stderr)
+    return state["step"], state["data_pos"]
 
-    # Data: this rank's disjoint slice, starting where the checkpoint left off.
-    data = info["data"]  # already joined and checked above
+
+def _loader(cfg: TrainConfig, data: TrainData, env, device, data_pos: int):
+    """This rank's disjoint slice of the data, endless, starting where the checkpoint left off."""
     per_rank = cfg.batch // env.world
     if per_rank * env.world != cfg.batch:
         raise UserError(f"batch {cfg.batch} does not split evenly over {env.world} ranks")
     sampler = RankBatches(len(data), per_rank, env.rank, env.world, cfg.seed, start=data_pos)
     # Its own generator: creating the loader must not draw from the global RNG, or a
     # resumed run's random stream would drift from an uninterrupted one.
-    loader = iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers,
-                                              pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-                                              generator=torch.Generator().manual_seed(cfg.seed)))
+    return iter(torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.workers,
+                                            pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+                                            generator=torch.Generator().manual_seed(cfg.seed)))
 
-    # Tracking (rank 0 only) and preemption.
-    tracker = None
+
+def _tracker(cfg: TrainConfig, run_dir: Path, env) -> Tracker:
+    tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset, **dist.job_tags()}
+    if cfg.sweep:
+        tags["t2v.sweep"] = cfg.sweep
+    if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
+        tags["mlflow.parentRunId"] = cfg.parent_run_id
+    return Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags,
+                   server_file=cfg.tracking_server or None)
+
+
+def _save(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, data_pos: int, env) -> None:
+    """Collective: every rank's RNG states go into rank 0's checkpoint."""
+    rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]
+    if env.main:
+        path = save_checkpoint(run_dir, step, {
+            "format": FORMAT, "step": step, "data_pos": data_pos, "config": to_dict(cfg),
+            **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
+        print(f"checkpoint {path}", file=sys.stderr)
+    dist.barrier()
+
+
+def _clips(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, prompts, prompt_cond, device, tracker) -> None:
+    """Rank 0: the labelled clip grid of the EMA generator (GIF and MP4), which prompt each row
+    shows, and for a sweep point the points side by side on the sweep's parent run."""
+    videos = to_uint8(render(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
+    frames = labelled([Block(videos)], [fill(t, [o]) for t, o, _ in prompts], [h for *_, h in prompts],
+                      f"step {step}")
+    for p in write_both(frames, run_dir / "clips" / f"step_{step:06d}"):
+        tracker.artifact(p, "clips")
+    if cfg.sweep and cfg.parent_run_id:
+        try:
+            r = sweep_compare(run_dir, cfg.sweep, step, cfg.clip_samples, cfg.seed, device, live=(gan.G_ema, step))
+            for p in (*r["files"], r["summary"]):
+                tracker.artifact(Path(p), "compare", run_id=cfg.parent_run_id)
+        except Exception as e:  # noqa: BLE001  a comparison is never worth a training run
+            print(f"warning: sweep comparison at step {step} failed ({type(e).__name__}: {e})", file=sys.stderr)
+    rows = run_dir / "clips" / "prompts.json"  # beside the clips in the UI
+    write_json(rows, [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)])
+    tracker.artifact(rows, "clips")
+
+
+def _evaluate(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, device, tracker) -> None:
+    """Rank 0: `t2v evaluate`'s metrics for the EMA generator, as curves in MLflow, with the
+    per-cell heatmap beside them and a line in eval/curve.jsonl (the learning curve)."""
+    ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
+                      samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
+                      cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
+    r = evaluate_generator(gan.G_ema, step, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
+    tracker.metrics(step, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
+    tracker.artifact(write_heatmap(r, run_dir / "eval" / f"heatmap_step_{step:06d}.png"), "eval")
+    with open(run_dir / "eval" / "curve.jsonl", "a") as f:  # appended: a torn last line loses one point only
+        f.write(json.dumps({k: r[k] for k in ("step", *EVAL_METRICS) if k in r}) + "\n")
+    print(f"step {step} eval: cond_acc_seen={r['cond_acc_seen']:.3f} heldout={r['cond_acc_heldout'] or 0:.3f} "
+          f"(chance {r['chance']:.3f}) frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
+
+
+def _export(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, info: dict, prompts, tracker) -> None:
+    """Rank 0, once finished: the EMA generator on its own, and the newest checkpoint, as artifacts."""
+    export = run_dir / "generator.pt"
+    state = {"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": info["cond_dim"],
+             "cond_parts": info["parts"], "prompts": prompts}
+    atomic_write(export, lambda p: torch.save(state, p))
+    tracker.artifact(export, "model", cfg.max_artifact_mb)
+    latest = checkpoint_paths(run_dir)
+    if latest:
+        tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
+
+
+TICK_KEYS = ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")
+
+
+def run(cfg: TrainConfig) -> dict:
+    # Set up: ranks, checks, the config in the run dir.
+    env = dist.init(cfg.device)
+    device = torch.device(env.device)
+    run_dir = Path(cfg.run_dir)
+    info = check(cfg)
+    if env.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", to_dict(cfg), sort_keys=True)
+    dist.barrier()
+
+    # Models, and the step to go on from.
+    gan = GAN(cfg, info["cond_dim"], device, info["parts"])
+    step, data_pos = _start(cfg, gan, run_dir, env)
+    batches = Batches(_loader(cfg, info["data"], env, device, data_pos), device, cfg.channels_last, data_pos)
+
+    # Tracking (rank 0 only) and stop requests. Handlers go in after dist.init, so process-group
+    # set-up can't swallow them; any rank may get one, and max_rank() stops every rank at the
+    # same step. Every rank knows the one MLflow run (rank 0 created or reopened it).
     prompts = clip_prompts(cfg.data)
     prompt_cond = prompt_conditions(cfg.vocab, prompts)
-    if env.main:
-        tags = {"world_size": env.world, "git_commit": _git_commit(), "preset": cfg.preset,
-                "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
-                "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID", ""),
-                "slurm_nodelist": os.environ.get("SLURM_JOB_NODELIST", "")}
-        if cfg.sweep:
-            tags["t2v.sweep"] = cfg.sweep
-        if cfg.parent_run_id:  # an empty parent id breaks the MLflow UI's runs table
-            tags["mlflow.parentRunId"] = cfg.parent_run_id
-        tracker = Tracker(cfg.tracking_uri or default_uri(Path.cwd()), cfg.experiment, run_dir, to_dict(cfg), tags,
-                          server_file=cfg.tracking_server or None)
-    # Stop requests: 1 = preempted (checkpoint, requeue, the MLflow run stays RUNNING), 2 = cancelled
-    # (SIGTERM: checkpoint, KILLED). Handlers go in after dist.init, so process-group set-up can't
-    # swallow them; any rank may get one, and max_rank() stops every rank at the same step.
-    # Every rank knows the one MLflow run (rank 0 created or reopened it; only rank 0 logs).
+    tracker = _tracker(cfg, run_dir, env) if env.main else None
     run_id = dist.broadcast_object(tracker.run_id if tracker else None)
-    stop = {"code": 0}
-    handlers = {preempt_signal(): 1, signal.SIGTERM: 2}
-    previous = {s: signal.signal(s, lambda sig, _f: stop.update(code=max(stop["code"], handlers[sig])))
-                for s in handlers}
+    stop = StopRequests()
 
-    wait = [0.0]
-
-    def batch():
-        nonlocal data_pos
-        t0 = time.perf_counter()
-        video, cond = next(loader)
-        wait[0] += time.perf_counter() - t0
-        data_pos += 1
-        x = to_model_input(video, device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x, cond.to(device)
-
-    def save(step_now: int, data_pos_now: int) -> None:
-        rngs = [_as_tensors(r) for r in dist.gather_objects(_rng_state())]  # collective: all ranks' RNGs
-        if env.main:
-            path = save_checkpoint(run_dir, step_now, {
-                "format": 1, "step": step_now, "data_pos": data_pos_now, "config": to_dict(cfg),
-                **gan.state_dict(), "rng": rngs}, cfg.keep_checkpoints)
-            print(f"checkpoint {path}", file=sys.stderr)
-        dist.barrier()
-
-    def clips(step_now: int) -> None:
-        if not env.main:
-            return
-        from .clips import Block, labelled, to_uint8, write_both
-        from .labels import fill
-
-        videos = to_uint8(render(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
-        frames = labelled([Block(videos)], [fill(t, [o]) for t, o, _ in prompts], [h for *_, h in prompts],
-                          f"step {step_now}")
-        for p in write_both(frames, run_dir / "clips" / f"step_{step_now:06d}"):
-            tracker.artifact(p, "clips")
-        if cfg.sweep and cfg.parent_run_id:  # the sweep's points side by side, on its parent run
-            from .compare import sweep_compare
-
-            try:
-                r = sweep_compare(run_dir, cfg.sweep, step_now, cfg.clip_samples, cfg.seed, device,
-                                  live=(gan.G_ema, step_now))
-                for p in (*r["files"], r["summary"]):
-                    tracker.artifact(Path(p), "compare", run_id=cfg.parent_run_id)
-            except Exception as e:  # noqa: BLE001  a comparison is never worth a training run
-                print(f"warning: sweep comparison at step {step_now} failed ({type(e).__name__}: {e})",
-                      file=sys.stderr)
-        rows = run_dir / "clips" / "prompts.json"  # which prompt each grid row shows, beside the clips in the UI
-        rows.write_text(json.dumps(
-            [{"row": i, "template": t, "object": o, "held_out": h} for i, (t, o, h) in enumerate(prompts)], indent=1))
-        tracker.artifact(rows, "clips")
-
-    def evaluate(step_now: int) -> None:
-        if not env.main:
-            return
-        from .evaluate import EvalConfig, evaluate_generator, write_heatmap
-        from .vocab import Vocab
-
-        ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
-                          samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
-                          cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
-        r = evaluate_generator(gan.G_ema, step_now, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
-        tracker.metrics(step_now, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
-        heat = write_heatmap(r, run_dir / "eval" / f"heatmap_step_{step_now:06d}.png")
-        tracker.artifact(heat, "eval")
-        with open(run_dir / "eval" / "curve.jsonl", "a") as f:  # the learning curve, one line per evaluation
-            f.write(json.dumps({k: r[k] for k in ("step", *EVAL_METRICS) if k in r}) + "\n")
-        print(f"step {step_now} eval: cond_acc_seen={r['cond_acc_seen']:.3f} heldout={r['cond_acc_heldout'] or 0:.3f} "
-              f"(chance {r['chance']:.3f}) frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
-
-    tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
-    t_tick = time.perf_counter()
+    # Main loop.
+    tick = dict.fromkeys(TICK_KEYS, 0.0)
+    tick_steps, t_tick = 0, time.perf_counter()
     status = "finished"
     try:
         while step < cfg.max_steps:
-            for k, v in gan.step(batch).items():
+            for k, v in gan.step(batches).items():
                 tick[k] += v
-            tick["n"] += 1
+            tick_steps += 1
             step += 1
 
-            # Tick: metrics, clips, checkpoints, preemption.
+            # Tick: metrics, clips, evaluation, checkpoints, stop requests.
             if step % cfg.tick_every == 0 or step == cfg.max_steps:
                 dt = time.perf_counter() - t_tick
-                n = max(tick["n"], 1)
-                metrics = {k: tick[k] / n for k in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")}
+                n = max(tick_steps, 1)
+                metrics = {k: tick[k] / n for k in TICK_KEYS}
                 metrics.update(samples_per_s=n * cfg.batch * cfg.d_steps / dt, sec_per_step=dt / n,
-                               data_wait_share=wait[0] / dt)
+                               data_wait_share=batches.wait_s / dt)
                 if env.main:
                     tracker.metrics(step, metrics)
                     print(f"step {step}/{cfg.max_steps} " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                           file=sys.stderr, flush=True)
-                tick = dict.fromkeys(tick, 0.0)
-                wait[0], t_tick = 0.0, time.perf_counter()
-            if cfg.clip_every and step % cfg.clip_every == 0:
-                clips(step)
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                evaluate(step)
-            code = dist.max_rank(stop["code"])
+                tick, tick_steps = dict.fromkeys(TICK_KEYS, 0.0), 0
+                batches.wait_s, t_tick = 0.0, time.perf_counter()
+            if cfg.clip_every and step % cfg.clip_every == 0 and env.main:
+                _clips(cfg, gan, run_dir, step, prompts, prompt_cond, device, tracker)
+            if cfg.eval_every and step % cfg.eval_every == 0 and env.main:
+                _evaluate(cfg, gan, run_dir, step, device, tracker)
+            code = dist.max_rank(stop.code)
             if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or code:
-                save(step, data_pos)
+                _save(cfg, gan, run_dir, step, batches.pos, env)
             if code:
                 status = "preempted" if code == 1 else "cancelled"
                 break
+
+        # Done: clips and exports, then every rank's weight digest (DDP consistency, checkable outside).
         if status == "finished" and env.main:
-            clips(step)
-            export = run_dir / "generator.pt"
-            torch.save({"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
-                        "cond_parts": info["parts"], "prompts": prompts}, export)
-            tracker.artifact(export, "model", cfg.max_artifact_mb)
-            latest = checkpoint_paths(run_dir)
-            if latest:
-                tracker.artifact(latest[0], "checkpoints", cfg.max_artifact_mb)
-        # Every rank reports a digest of its weights: DDP consistency is checkable from outside.
+            _clips(cfg, gan, run_dir, step, prompts, prompt_cond, device, tracker)
+            _export(cfg, gan, run_dir, step, info, prompts, tracker)
         digests = dist.gather_objects(param_digest(gan.G, gan.D_img, gan.D_vid))
         run_ids = dist.gather_objects(run_id)
     except KeyboardInterrupt:
@@ -711,8 +660,7 @@ def run(cfg: TrainConfig) -> dict:
         status = "failed"
         raise
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        stop.restore()
         # Set explicitly: MLflow's atexit would call a crash FINISHED (mlflow#3932). A preempted
         # run stays RUNNING until its requeued job finishes it.
         final = {"finished": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
@@ -729,8 +677,6 @@ EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "cond_acc_heldout_pairs", "
 
 
 def param_digest(*modules) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for m in modules:
         for p in m.parameters():

@@ -19,7 +19,6 @@ for every token from fastText (trained here on the captions, or a pretrained
 from __future__ import annotations
 
 import json
-import os
 import re
 import struct
 from collections import Counter
@@ -27,11 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+import fasttext
+import h5py
 import numpy as np
+from tqdm import tqdm
 
 from .config import to_dict
 from .errors import UserError
 from .fasttext_bin import MAGIC, FastTextBin
+from .files import atomic_path, atomic_write, write_json, write_text
 from .labels import SLOT, read_labels
 from .text import tokenize
 
@@ -56,14 +59,6 @@ class VocabConfig:
     @property
     def train_dim(self) -> int:
         return self.dim or 50
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def condition_text(mode: str, label: str, placeholders) -> str:
@@ -202,8 +197,6 @@ def parse(cfg: VocabConfig):
 
 
 def _train(cfg: VocabConfig, samples, out: Path) -> Path:
-    import fasttext
-
     corpus = out / "corpus.txt"
     lines = [" ".join(tokenize(s.label)) for s in samples]
     for extra in cfg.corpus:
@@ -214,13 +207,13 @@ def _train(cfg: VocabConfig, samples, out: Path) -> Path:
         except UnicodeDecodeError as e:
             raise UserError(f"--corpus file {extra} is not UTF-8 (byte {e.start})") from None
         lines += [" ".join(tokenize(line)) for line in text.splitlines()]
-    corpus.write_text("\n".join(line for line in lines if line) + "\n")
+    write_text(corpus, "\n".join(line for line in lines if line) + "\n")
     # One thread and fastText's fixed seed: the same corpus gives the same vectors.
     model = fasttext.train_unsupervised(str(corpus), model="skipgram", dim=cfg.train_dim, epoch=cfg.epoch,
                                         minCount=cfg.min_count, minn=cfg.minn, maxn=cfg.maxn,
                                         bucket=cfg.bucket, thread=1, verbose=0)
     dest = out / "fasttext.bin"
-    _atomic(dest, lambda p: model.save_model(str(p)))
+    atomic_write(dest, lambda p: model.save_model(str(p)))
     return dest
 
 
@@ -259,8 +252,6 @@ def check_pretrained(cfg: VocabConfig) -> str | None:
 
 def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
     """Stream a .vec file, keeping only the wanted words' rows."""
-    from tqdm import tqdm
-
     found = {}
     with open(path, "rb") as f:
         n, d = map(int, f.readline().split())
@@ -275,9 +266,39 @@ def _read_vec(path: Path, wanted: set[str]) -> tuple[dict, int]:
     return found, d
 
 
-def run(cfg: VocabConfig, progress: bool = True) -> dict:
-    import h5py
+def _vectors(cfg: VocabConfig, kind, samples, wanted: set[str], out: Path):
+    """Vectors of the wanted words: from a skipgram trained here, a pretrained .bin (subwords
+    kept) or a .vec (words only). Returns (vectors, dim, source, subword_only, no_vector)."""
+    if cfg.pretrained is None:
+        ft = FastTextBin(_train(cfg, samples, out), words=wanted)
+        return {t: ft.word_vector(t) for t in wanted}, ft.dim, "trained", [], []
+    if kind == "bin":
+        ft = FastTextBin(cfg.pretrained, words=wanted)
+        link = out / "fasttext.bin"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(cfg.pretrained).resolve())  # 7 GB is kept where it is, not copied
+        subword_only = sorted(t for t in wanted if t not in ft.ids)  # vectors from n-grams alone
+        return {t: ft.word_vector(t) for t in wanted}, ft.dim, "pretrained-bin", subword_only, []
+    vec, dim = _read_vec(Path(cfg.pretrained), wanted)
+    (out / "fasttext.bin").unlink(missing_ok=True)
+    no_vector = sorted(wanted - set(vec))  # no subwords in a .vec: these have no vector
+    return vec, dim, "pretrained-vec", [], no_vector
 
+
+def _write_samples(f, rows, token_ids, lengths, condition, cond_mean, cond_whiten) -> None:
+    strs = dict(dtype=h5py.string_dtype())
+    f.create_dataset("ids", data=[s.id for s, _, _ in rows], **strs)
+    f.create_dataset("text", data=[t for _, t, _ in rows], **strs)
+    f.create_dataset("label", data=[s.label for s, _, _ in rows], **strs)
+    f.create_dataset("template", data=[s.template for s, _, _ in rows], **strs)
+    f.create_dataset("token_ids", data=token_ids)
+    f.create_dataset("lengths", data=lengths.astype(np.int32))
+    f.create_dataset("condition", data=condition)
+    f.create_dataset("cond_mean", data=cond_mean)  # condition = (raw - cond_mean) @ cond_whiten
+    f.create_dataset("cond_whiten", data=cond_whiten)
+
+
+def run(cfg: VocabConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     samples, kept, excluded = parse(cfg)
     kind = check_pretrained(cfg)
@@ -285,27 +306,8 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     (out / "vocab.json").unlink(missing_ok=True)  # not complete until rewritten at the end
     counts = Counter(t for s in samples for t in tokenize(s.label))
     wanted = set(counts) | {t for _, _, toks in kept for t in toks}  # object words missing from a label too
-    subword_only: list[str] = []
-    no_vector: list[str] = []
-    if cfg.pretrained is None:
-        source, subwords = "trained", True
-        ft = FastTextBin(_train(cfg, samples, out), words=wanted)
-        vec = {t: ft.word_vector(t) for t in wanted}
-        dim = ft.dim
-    elif kind == "bin":
-        source, subwords = "pretrained-bin", True
-        ft = FastTextBin(cfg.pretrained, words=wanted)
-        vec = {t: ft.word_vector(t) for t in wanted}
-        dim = ft.dim
-        link = out / "fasttext.bin"
-        link.unlink(missing_ok=True)
-        link.symlink_to(Path(cfg.pretrained).resolve())  # 7 GB is kept where it is, not copied
-        subword_only = sorted(t for t in wanted if t not in ft.ids)  # vectors from n-grams alone
-    else:
-        source, subwords = "pretrained-vec", False
-        vec, dim = _read_vec(Path(cfg.pretrained), wanted)
-        no_vector = sorted(wanted - set(vec))  # no subwords in a .vec: these have no vector
-        (out / "fasttext.bin").unlink(missing_ok=True)
+    vec, dim, source, subword_only, no_vector = _vectors(cfg, kind, samples, wanted, out)
+    subwords = source != "pretrained-vec"
     tokens = [PAD] + sorted(vec, key=lambda t: (-counts.get(t, 0), t))
     index = {t: i for i, t in enumerate(tokens)}
     table = np.zeros((len(tokens), dim), np.float32)
@@ -335,29 +337,13 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
         raw = np.stack([condition_vector(table[ids], cfg.mode) for _, _, ids in rows])  # N,C
         cond_mean, cond_whiten = whitening(raw)
     condition = ((raw - cond_mean) @ cond_whiten).astype(np.float32)
-    strs = dict(dtype=h5py.string_dtype())
-
-    def write_embeddings(p):
-        with h5py.File(p, "w") as f:
-            f.create_dataset("tokens", data=tokens, **strs)
-            f.create_dataset("vectors", data=table)
-            f.attrs.update(dim=dim, source=source, mode=cfg.mode)
-
-    def write_samples(p):
-        with h5py.File(p, "w") as f:
-            f.create_dataset("ids", data=[s.id for s, _, _ in rows], **strs)
-            f.create_dataset("text", data=[t for _, t, _ in rows], **strs)
-            f.create_dataset("label", data=[s.label for s, _, _ in rows], **strs)
-            f.create_dataset("template", data=[s.template for s, _, _ in rows], **strs)
-            f.create_dataset("token_ids", data=token_ids)
-            f.create_dataset("lengths", data=lengths.astype(np.int32))
-            f.create_dataset("condition", data=condition)
-            f.create_dataset("cond_mean", data=cond_mean)  # condition = (raw - cond_mean) @ cond_whiten
-            f.create_dataset("cond_whiten", data=cond_whiten)
-            f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
-
-    _atomic(out / "embeddings.h5", write_embeddings)
-    _atomic(out / "samples.h5", write_samples)
+    with atomic_path(out / "embeddings.h5") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("tokens", data=tokens, dtype=h5py.string_dtype())
+        f.create_dataset("vectors", data=table)
+        f.attrs.update(dim=dim, source=source, mode=cfg.mode)
+    with atomic_path(out / "samples.h5") as tmp, h5py.File(tmp, "w") as f:
+        _write_samples(f, rows, token_ids, lengths, condition, cond_mean, cond_whiten)
+        f.attrs.update(mode=cfg.mode, dim=dim, cond_dim=condition.shape[1])
     info = {
         "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
         "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
@@ -372,7 +358,7 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
         "object_counts": dict(Counter(" ".join(s.placeholders) for s in samples).most_common()),
         "template_counts": dict(Counter(s.template for s in samples).most_common()),
     }
-    _atomic(out / "vocab.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+    write_json(out / "vocab.json", info)
     return info
 
 
@@ -380,8 +366,6 @@ class Vocab:
     """A finished vocab dir: the token table, per-sample conditions, and vectors for any word."""
 
     def __init__(self, root):
-        import h5py
-
         self.root = Path(root)
         if not (self.root / "vocab.json").exists():
             raise UserError(f"{self.root} is not a finished vocab dir (no vocab.json); run `t2v vocab`")

@@ -1,6 +1,7 @@
 """Shared fixtures: a real toy dataset (real VP9 encodes), a real MLflow server and a CLI runner."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.slurm import sacct_rows
+from pipeline import tracking_server
 from pipeline.toydata import make_toy
 
 T2V = str(Path(sys.executable).with_name("t2v"))
@@ -49,8 +52,6 @@ def slurm():
 
 def wait_done(job: str, n: int | None = None, timeout: float = 180) -> list[dict]:
     """sacct rows once every task's newest attempt has ended (accounting lags the job a little)."""
-    import time
-
     deadline = time.time() + timeout
     while time.time() < deadline:
         rows = sacct(job)
@@ -63,10 +64,8 @@ def wait_done(job: str, n: int | None = None, timeout: float = 180) -> list[dict
 
 
 def sacct(job: str) -> list[dict]:
-    """Rows of `sacct` for a job (array tasks included), as dicts."""
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-S", "now-2hours", "-j", job,
-                          "-o", "JobID,State,NodeList,ExitCode"], capture_output=True, text=True, check=True).stdout
-    return [dict(zip(("id", "state", "nodes", "exit"), line.split("|"))) for line in out.splitlines() if line]
+    """Rows of `sacct` for a job (array tasks included), as dicts: the reader `t2v status` uses."""
+    return sacct_rows(job, since="now-2hours", check=True)
 
 
 @pytest.fixture(scope="session")
@@ -88,28 +87,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on loopback with its own sqlite store; yields its URI."""
-    import urllib.request
-
+    """A real `mlflow server` on loopback with its own sqlite store, started the way the pipeline
+    starts one for a sweep (pipeline/tracking_server.py); yields its URI."""
     d = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    proc = subprocess.Popen([mlflow, "server", "--backend-store-uri", f"sqlite:///{d}/mlflow.db",
-                             "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
-                            stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:  # the port opens before the app can answer: ask /health
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
+    try:
+        proc = tracking_server.start(f"sqlite:///{d}/mlflow.db", d)
+    except RuntimeError:
         pytest.fail("mlflow server did not start:\n" + (d / "server.log").read_text())
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=20)
+    yield tracking_server.read_server(d / tracking_server.SERVER_FILE)["uri"]
+    tracking_server.stop(proc, d)

@@ -73,7 +73,7 @@ def test_sample_h5_holds_the_raw_clips_in_prompt_order(trained, tmp_path):
 
 def test_a_training_grid_and_t2v_sample_render_a_prompt_the_same_way(trained):
     from pipeline.labels import fill
-    from pipeline.train import prompt_conditions
+    from pipeline.prompts import prompt_conditions
 
     g = load_generator(trained / "run")
     rows = [("Moving [something] up", "red square", False), ("Pushing [something] from left to right", "blue circle", True)]

@@ -3,7 +3,8 @@ The real submissions are in test_slurm.py."""
 
 import pytest
 
-from jobs.executor import ArrayPart, _ended_state, _task_ids, array_parts
+from jobs.executor import ArrayPart, _ended_state, array_parts
+from jobs.slurm import task_ids as _task_ids
 
 
 def running_at_most(parts: list[ArrayPart]) -> int:

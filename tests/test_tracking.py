@@ -196,7 +196,7 @@ def test_a_local_sweep_logs_through_its_own_server_and_stops_it(prepared, tmp_pa
 @pytest.mark.slurm
 def test_a_server_job_stops_when_what_it_serves_is_gone_from_the_queue_and_accounting(slurm, tmp_path):
     """A job id sacct has no record of (purged, say) and squeue doesn't know: not a reason to serve for ever."""
-    from pipeline.tracking_server import _watched_over, watch_jobs
+    from jobs.slurm import watch_jobs, watched_over as _watched_over
 
     assert not _watched_over(tmp_path)  # no watch file yet: the submitter is still submitting
     watch_jobs(tmp_path, ["987654"])

@@ -14,7 +14,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import T2V, free_port, t2v
-from pipeline.train import RankBatches, build_config, checkpoint_paths, load_latest, preempt_signal, run
+from pipeline.checkpoints import checkpoint_paths, load_latest
+from pipeline.dist import preempt_signal
+from pipeline.train import RankBatches, build_config, run
 
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
 

@@ -8,10 +8,28 @@ printed as one line (exit 2) instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import time
 from pathlib import Path
 
-from .errors import UserError
+from jobs.executor import EXECUTORS, Resources
+from jobs.stages import Launch, run_frames, run_sweep, run_train, run_vocab
+from jobs.status import status
+from jobs.submit import submit
+from pipeline import evaluate
+from pipeline.errors import UserError
+from pipeline.evaluate import EvalConfig
+from pipeline.frames import FramesConfig
+from pipeline.labels import fill, read_labels
+from pipeline.manifests import load_subset
+from pipeline.sample import run_dir_of, sample
+from pipeline.toydata import make_toy
+from pipeline.compare import compare, run_dirs
+from pipeline.tracking import default_uri, ui_url
+from pipeline.train import build_config
+from pipeline.vocab import Vocab, VocabConfig
 
 EXAMPLES = {
     "toy-data": """examples:
@@ -79,39 +97,38 @@ settings that differ between the runs; summary.csv holds every run's params and 
 }
 
 
-def _parser() -> argparse.ArgumentParser:
-    from jobs.executor import EXECUTORS, Resources
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    top = argparse.ArgumentParser(prog="t2v", description="text2video: a SLURM-native text-to-video GAN pipeline.")
-    sub = top.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    def cmd(name, help):
-        return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def _executor_flags(p, array: bool = True) -> None:
+    """The "where it runs" flags every stage command shares (see jobs/stages.Launch)."""
+    d = Resources()
+    g = p.add_argument_group("where it runs")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local subprocesses (default), in-process debug (pdb on failure), or SLURM")
+    g.add_argument("--dry-run", action="store_true", help="print the plan (and sbatch script) and exit")
+    g.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")
+    g.add_argument("--partition", default=d.partition)
+    g.add_argument("--account", default=d.account)
+    g.add_argument("--qos", default=d.qos)
+    g.add_argument("--timeout-min", type=int, default=d.timeout_min)
+    g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task)
+    g.add_argument("--mem-gb", type=float, default=d.mem_gb)
+    if array:
+        g.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
+                       help="most tasks running at once (local: also capped by CPU count)")
 
-    def executor_flags(p, array=True):
-        d = Resources()
-        g = p.add_argument_group("where it runs")
-        g.add_argument("--executor", choices=EXECUTORS, default="local",
-                       help="local subprocesses (default), in-process debug (pdb on failure), or SLURM")
-        g.add_argument("--dry-run", action="store_true", help="print the plan (and sbatch script) and exit")
-        g.add_argument("--no-wait", action="store_true", help="slurm: submit and return without waiting")
-        g.add_argument("--partition", default=d.partition)
-        g.add_argument("--account", default=d.account)
-        g.add_argument("--qos", default=d.qos)
-        g.add_argument("--timeout-min", type=int, default=d.timeout_min)
-        g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task)
-        g.add_argument("--mem-gb", type=float, default=d.mem_gb)
-        if array:
-            g.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
-                           help="most tasks running at once (local: also capped by CPU count)")
 
-    p = cmd("toy-data", "Generate a small something-something-v2-format dataset (webm + labels).")
+def _data_commands(sub) -> None:
+    """toy-data, frames, vocab, neighbors: the data stages."""
+    p = _command(sub, "toy-data", "Generate a small something-something-v2-format dataset (webm + labels).")
     p.add_argument("out", type=Path)
     p.add_argument("--videos", type=int, default=200, help="number of clips, train + validation (default 200)")
     p.add_argument("--seed", type=int, default=0)
 
-    p = cmd("frames", "Decode videos into fixed-size uint8 clips in HDF5 shards, one array task per shard.")
+    p = _command(sub, "frames", "Decode videos into fixed-size uint8 clips in HDF5 shards, one array task per shard.")
     p.add_argument("--labels", type=Path, required=True, help="something-something labels JSON")
     p.add_argument("--videos", type=Path, required=True, help="directory of <id>.webm files")
     p.add_argument("--out", type=Path, required=True)
@@ -125,12 +142,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
     p.add_argument("--decoder", choices=("pyav", "skvideo"), default="pyav",
-                   help="pyav (default; in-process, faster: see README) or skvideo (ffmpeg subprocess)")
+                   help="pyav (default; in-process, faster: see docs/benchmarks.md) or skvideo (ffmpeg subprocess)")
     p.add_argument("--resize", choices=("squash", "center-crop"), default="squash")
     p.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip")
-    executor_flags(p)
+    _executor_flags(p)
 
-    p = cmd("vocab", "Embed caption words with fastText (trained here, or pretrained .bin/.vec, streamed).")
+    p = _command(sub, "vocab", "Embed caption words with fastText (trained here, or pretrained .bin/.vec, streamed).")
     p.add_argument("--labels", type=Path, nargs="+", required=True, help="one or more labels JSON files")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--mode", choices=("object", "sentence", "parts"), default="object",
@@ -142,14 +159,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, default=50)
     p.add_argument("--skip-bad", action="store_true",
                    help="exclude samples with nothing to condition on (counted in vocab.json) instead of failing")
-    executor_flags(p, array=False)
+    _executor_flags(p, array=False)
 
-    p = cmd("neighbors", "Nearest vocabulary tokens, by cosine similarity, for any word or phrase.")
+    p = _command(sub, "neighbors", "Nearest vocabulary tokens, by cosine similarity, for any word or phrase.")
     p.add_argument("--vocab", type=Path, required=True, help="a `t2v vocab` output dir")
     p.add_argument("word")
     p.add_argument("-k", type=int, default=5)
 
-    p = cmd("train", "Train the conditional video GAN (DDP on any number of ranks, resumable, tracked in MLflow).")
+
+def _train_command(sub) -> None:
+    """train: one run, several ranks, or a sweep."""
+    p = _command(sub, "train", "Train the conditional video GAN (DDP on any number of ranks, resumable, tracked in MLflow).")
     p.add_argument("--data", type=Path, required=True, help="a `t2v frames` output dir")
     p.add_argument("--vocab", type=Path, required=True, help="a `t2v vocab` output dir")
     p.add_argument("--run-dir", type=Path, required=True, help="checkpoints, clips and config; reuse it to resume")
@@ -165,13 +185,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-server", choices=("auto", "on", "off"), default="auto",
                    help="serve a sqlite store through one `mlflow server` while the jobs run, so their "
                         "writes don't race on the file (auto: for sweeps, not for one run; "
-                        "see README, Hardening)")
-    executor_flags(p, array=False)
+                        "see docs/hardening.md)")
+    _executor_flags(p, array=False)
     p.add_argument("--nodes", type=int, default=1)
     p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
     p.add_argument("--gpus-per-node", type=int, default=0)
 
-    p = cmd("sample", "Generate clips for any prompt with a run's EMA generator (grid: prompts x samples).")
+
+def _result_commands(sub) -> None:
+    """sample, evaluate: what a run's generator does."""
+    p = _command(sub, "sample", "Generate clips for any prompt with a run's EMA generator (grid: prompts x samples).")
     p.add_argument("--run-dir", type=Path, help="a `t2v train` run dir")
     p.add_argument("--run-id", help="or an MLflow run id (its run_dir param is used)")
     p.add_argument("--tracking-uri", help="with --run-id (default: sqlite store in ./mlruns)")
@@ -181,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a step number or checkpoint path (default: newest)")
     p.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.mp4, or a directory (both)")
 
-    p = cmd("evaluate", "Score a run: conditional accuracy, Frechet distance, diversity, with their ceilings.")
+    p = _command(sub, "evaluate", "Score a run: conditional accuracy, Frechet distance, diversity, with their ceilings.")
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--data", type=Path, nargs="+", default=(), help="frames output(s) with real clips "
                    "(default: the run's training data); add more to score objects training never saw")
@@ -196,24 +219,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-clips", type=int, default=3, help="real clips an object needs to be a class (default 3)")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
-    p = cmd("compare", "Put runs side by side by their clips: one labelled block per run, plus summary.csv.")
+    p = _command(sub, "compare", "Put runs side by side by their clips: one labelled block per run, plus summary.csv.")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR_OR_SWEEP_DIR")
     p.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.mp4 (table beside it as FILE.csv), "
                    "or a directory (step_N.gif, step_N.mp4, summary.csv)")
     p.add_argument("--samples", type=int, default=4, help="samples per prompt and run (default 4)")
     p.add_argument("--seed", type=int, default=0, help="the noise every run gets (default 0)")
 
-    p = cmd("submit", "Run an experiment spec (jobs/*.yaml): its stages in order, or chained on SLURM.")
+
+def _workflow_commands(sub) -> None:
+    """submit, status, demo: whole experiments."""
+    p = _command(sub, "submit", "Run an experiment spec (jobs/*.yaml): its stages in order, or chained on SLURM.")
     p.add_argument("spec", type=Path)
     p.add_argument("--stages", help="comma-separated subset of frames,vocab,train,evaluate")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--dry-run", action="store_true", help="print every sbatch script and the dependency graph")
 
-    p = cmd("status", "Show each stage's and array task's state (sacct + outputs) and how to resubmit.")
+    p = _command(sub, "status", "Show each stage's and array task's state (sacct + outputs) and how to resubmit.")
     p.add_argument("spec", type=Path, metavar="RUN_DIR|SPEC|NAME",
                    help="a training run dir, or the experiment spec (or its name) that `t2v submit` ran")
 
-    p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
+    p = _command(sub, "demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--videos", type=int, default=600)
     p.add_argument("--seed", type=int, default=0, help="toy world seed: which cells are held out (default 0)")
@@ -221,21 +247,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=600, help="training steps (debug_cpu preset)")
     p.add_argument("--evaluator-steps", type=int, default=400, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="t2v", description="text2video: a SLURM-native text-to-video GAN pipeline.")
+    sub = top.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    for add in (_data_commands, _train_command, _result_commands, _workflow_commands):
+        add(sub)
     return top
 
 
-def _resources(a):
-    from jobs.executor import Resources
-
-    return Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
-                     cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
-                     array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
-                     tasks_per_node=getattr(a, "tasks_per_node", 1), gpus_per_node=getattr(a, "gpus_per_node", 0))
+def _launch(a) -> Launch:
+    """The "where it runs" flags of a stage command."""
+    res = Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
+                    cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
+                    array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
+                    tasks_per_node=getattr(a, "tasks_per_node", 1), gpus_per_node=getattr(a, "gpus_per_node", 0))
+    return Launch(executor=a.executor, res=res, dry_run=a.dry_run, wait=not a.no_wait,
+                  tracking_server=getattr(a, "tracking_server", "auto"))
 
 
 def cmd_toy_data(a) -> int:
-    from .toydata import make_toy
-
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
@@ -246,9 +278,6 @@ def cmd_toy_data(a) -> int:
 
 
 def frames_config(a):
-    from .frames import FramesConfig
-    from .manifests import load_subset
-
     templates = tuple(a.templates)
     if a.subset:
         if templates:
@@ -262,51 +291,11 @@ def frames_config(a):
                         compression=a.compression)
 
 
-def run_frames(cfg, a) -> int:
-    from jobs.executor import map_tasks, sbatch_script, split_note
-    from jobs.tasks import FramesTask
-
-    from . import frames
-
-    p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
-    print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
-          f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
-    logs = Path(cfg.out) / "logs" / "frames"  # submitit names files by job id inside
-    res = _resources(a)
-    if a.dry_run:
-        if p.todo:
-            print(f"would run shards {p.todo} on the {a.executor} executor")
-        if a.executor == "slurm":
-            if note := split_note(len(p.todo), res):
-                print(note + "; the first:")
-            print(sbatch_script(logs, res, "t2v-frames", array_size=len(p.todo)))
-        return 0
-    outs = map_tasks(FramesTask(cfg), p.todo, kind=a.executor, folder=logs, res=res,
-                     name="t2v-frames", desc="frames shards", wait=not a.no_wait)
-    if a.executor == "slurm" and a.no_wait:
-        print(f"submitted {len(outs)} task(s); the last one to finish writes {cfg.out}/manifest.csv")
-        return 0
-    failed = [o for o in outs if not o.ok]
-    for o in failed:
-        print(f"shard {o.item} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} shard(s) failed; run the same command again to redo only those", file=sys.stderr)
-        return 1
-    frames.ensure_manifest(cfg, frames.plan(cfg, verify=False))  # e.g. every task was already done
-    manifest = Path(cfg.out) / "manifest.csv"
-    counts = frames.summary(manifest)
-    print("status counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    print(f"shards in {cfg.out}/shards, manifest at {manifest}")
-    return 0
-
-
 def cmd_frames(a) -> int:
-    return run_frames(frames_config(a), a)
+    return run_frames(frames_config(a), _launch(a))
 
 
 def vocab_config(a):
-    from .vocab import VocabConfig
-
     if a.dim is not None and a.dim < 1:
         raise UserError("--dim must be >= 1")
     return VocabConfig(labels=tuple(p.absolute() for p in a.labels), out=a.out.absolute(), mode=a.mode,
@@ -314,47 +303,11 @@ def vocab_config(a):
                        corpus=tuple(p.absolute() for p in a.corpus), epoch=a.epoch, skip_bad=a.skip_bad)
 
 
-def run_vocab(cfg, a) -> int:
-    from jobs.executor import map_tasks, sbatch_script
-    from jobs.tasks import VocabTask
-
-    from . import vocab
-
-    samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
-    vocab.check_pretrained(cfg)
-    src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
-    print(f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
-          f"vectors from {src}")
-    logs = Path(cfg.out) / "logs" / "vocab"
-    if a.dry_run:
-        if a.executor == "slurm":
-            print(sbatch_script(logs, _resources(a), "t2v-vocab"))
-        return 0
-    (o,) = map_tasks(VocabTask(cfg), [0], kind=a.executor, folder=logs, res=_resources(a), name="t2v-vocab",
-                     desc="vocab", wait=not a.no_wait)
-    if not o.ok:
-        print(f"vocab failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-        return 1
-    if o.result is None:  # --no-wait
-        print(f"submitted job {o.job_id}")
-        return 0
-    info = o.result
-    excl = ", ".join(f"{r}={v['count']}" for r, v in info["excluded"].items()) or "none"
-    print(f"{info['n_tokens']} tokens x {info['dim']} dims, {info['n_samples']} samples; excluded: {excl}")
-    if info["no_vector"]:
-        print(f"warning: {len(info['no_vector'])} word(s) have no vector in the .vec file: "
-              f"{', '.join(info['no_vector'][:10])}", file=sys.stderr)
-    print(f"wrote {cfg.out}/embeddings.h5, samples.h5, vocab.json" + (", fasttext.bin" if info["subwords"] else ""))
-    return 0
-
-
 def cmd_vocab(a) -> int:
-    return run_vocab(vocab_config(a), a)
+    return run_vocab(vocab_config(a), _launch(a))
 
 
 def cmd_neighbors(a) -> int:
-    from .vocab import Vocab
-
     v = Vocab(a.vocab)
     toks, _ = v.encode(a.word)
     known = [t for t in toks if t in v.index]
@@ -366,9 +319,6 @@ def cmd_neighbors(a) -> int:
 
 
 def train_config(a):
-    from .train import build_config
-    from .tracking import default_uri
-
     sets = list(a.set)
     if a.max_steps is not None:
         sets.append(f"max_steps={a.max_steps}")
@@ -381,140 +331,12 @@ def train_config(a):
     return build_config(a.data.absolute(), a.vocab.absolute(), a.run_dir.absolute(), a.preset, sets)
 
 
-def _prepare_tracking(cfg) -> None:
-    """Store and experiment exist before any task starts (tasks racing to create them fail)."""
-    from .tracking import prepare_store
-
-    try:
-        prepare_store(cfg.tracking_uri, cfg.experiment)
-    except Exception as e:  # noqa: BLE001  training still runs without MLflow; it warns then
-        print(f"warning: MLflow store {cfg.tracking_uri} not ready ({type(e).__name__}: {str(e)[:200]})",
-              file=sys.stderr)
-
-
-def run_train(cfg, a) -> int:
-    from dataclasses import replace
-
-    from jobs.executor import run_job, sbatch_script
-    from jobs.submit import ChainServer, with_dependency
-    from jobs.tasks import TrainTask
-
-    from . import train
-
-    info = train.check(cfg)
-    if not a.dry_run:
-        _prepare_tracking(cfg)
-    ranks = a.nodes * a.tasks_per_node
-    resumed = train.checkpoint_paths(cfg.run_dir)
-    print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
-          f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
-          + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
-    logs = Path(cfg.run_dir) / "logs"
-    if a.dry_run:
-        if a.executor == "slurm":
-            print(sbatch_script(logs, _resources(a), "t2v-train"))
-        return 0
-    # One run has one writer (rank 0): it gets a server of its own only when asked ("on").
-    server = ChainServer("on" if a.tracking_server == "on" else "off", cfg.tracking_uri,
-                         Path(cfg.run_dir) / "tracking", a.executor, _server_resources(a, 1), "t2v-train-mlflow",
-                         wait=not a.no_wait)
-    cfg = replace(cfg, tracking_server=server.file)
-    with server:
-        o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=with_dependency(_resources(a), server.dependency),
-                    name="t2v-train", wait=not a.no_wait)
-        server.serves([o.job_id])
-    if not o.ok:
-        print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-        return 1
-    if o.result is None:
-        return 0
-    r = o.result
-    same = len(set(r["rank_digests"])) == 1
-    print(f"training {r['status']} at step {r['step']}; run dir {r['run_dir']}, MLflow run {r['mlflow_run_id']}")
-    print(f"weights on {r['world']} rank(s): " + ("identical" if same else "DIFFERENT: " + ", ".join(r["rank_digests"])))
-    print(f"MLflow run id on {r['world']} rank(s): " + ("the same" if len(set(r["rank_run_ids"])) == 1
-                                                        else "DIFFERENT: " + ", ".join(map(str, r["rank_run_ids"]))))
-    return 0 if same else 1
-
-
 def cmd_train(a) -> int:
     cfg = train_config(a)
-    return run_sweep(cfg, a) if a.sweep else run_train(cfg, a)
-
-
-def run_sweep(base, a) -> int:
-    """All points of a sweep as one array, grouped under one MLflow parent run."""
-    from dataclasses import replace
-
-    from jobs.executor import map_tasks, sbatch_script, split_note
-    from jobs.submit import ChainServer, with_dependency
-    from jobs.tasks import TrainTask
-
-    from . import train
-
-    name = Path(base.run_dir).name
-    points = train.sweep_points(replace(base, sweep=name), a.sweep)
-    for p in points:
-        train.check(p)
-    print(f"sweep {name}: {len(points)} point(s) -> " + ", ".join(Path(p.run_dir).name for p in points))
-    logs = Path(base.run_dir) / "logs"
-    res = _resources(a)
-    # One writer for the whole array: its own server (a local child, or a one-CPU SLURM job
-    # that the points start after and that stops once they have all ended).
-    server = ChainServer(a.tracking_server, base.tracking_uri, Path(base.run_dir) / "tracking", a.executor,
-                         _server_resources(a, len(points)), "t2v-sweep-mlflow", many=True, dry_run=a.dry_run,
-                         wait=not a.no_wait)
-    if a.dry_run:
-        if a.executor == "slurm":
-            with server:  # prints its script
-                if note := split_note(len(points), res):
-                    print(note + "; the first:")
-                print(sbatch_script(logs, with_dependency(res, server.dependency), "t2v-sweep",
-                                    array_size=len(points)))
-        return 0
-    parent = _parent_run(base, name)
-    points = [replace(p, parent_run_id=parent, tracking_server=server.file) for p in points]
-    with server:
-        outs = map_tasks(TrainTask(), points, kind=a.executor, folder=logs,
-                         res=with_dependency(res, server.dependency), name="t2v-sweep",
-                         desc="sweep points", wait=not a.no_wait)
-        server.serves(o.job_id for o in outs)
-    bad = [o for o in outs if not o.ok]
-    for o in outs:
-        if o.ok and o.result:
-            print(f"  {Path(o.result['run_dir']).name}: {o.result['status']} at step {o.result['step']}, "
-                  f"MLflow run {o.result['mlflow_run_id']}")
-    for o in bad:
-        print(f"  {Path(o.item.run_dir).name} failed (job {o.job_id}): {o.error}\n    log: {o.log}", file=sys.stderr)
-    print(f"MLflow parent run {parent} groups the sweep (tag t2v.sweep={name})")
-    return 1 if bad else 0
-
-
-def _server_resources(a, points: int):
-    """One CPU on the sweep's partition, for as long as the throttled array may take."""
-    from jobs.executor import Resources
-
-    waves = -(-points // max(1, a.array_parallelism))
-    return Resources(partition=a.partition, account=a.account, qos=a.qos, cpus_per_task=1, mem_gb=2,
-                     timeout_min=a.timeout_min * waves)
-
-
-def _parent_run(cfg, name: str) -> str:
-    """The sweep's MLflow parent run; its id stays in the sweep dir's mlflow_run_id across resubmissions."""
-    from .tracking import Tracker
-
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    _prepare_tracking(cfg)
-    t = Tracker(cfg.tracking_uri, cfg.experiment, Path(cfg.run_dir), {"sweep": " ".join(sys.argv[1:])},
-                {"t2v.sweep": name, "t2v.role": "sweep-parent"}, run_name=name)
-    t.finish()  # a grouping row in the UI; the points carry the work
-    return t.run_id or ""
+    return run_sweep(cfg, a.sweep, _launch(a)) if a.sweep else run_train(cfg, _launch(a))
 
 
 def cmd_sample(a) -> int:
-    from .sample import run_dir_of, sample
-    from .tracking import default_uri
-
     if bool(a.run_dir) == bool(a.run_id):
         raise UserError("give exactly one of --run-dir and --run-id")
     run_dir = a.run_dir or run_dir_of(a.run_id, a.tracking_uri or default_uri(Path.cwd()))
@@ -526,18 +348,14 @@ def cmd_sample(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    import json
-
-    from .evaluate import EvalConfig, run, table
-
     cfg = EvalConfig(run_dir=a.run_dir.absolute(), data=tuple(d.absolute() for d in a.data),
                      checkpoint=a.checkpoint, samples=a.samples, max_prompts=a.max_prompts, seed=a.seed,
                      i3d=a.i3d, cache=a.cache, steps=a.evaluator_steps, min_clips=a.min_clips)
-    r = run(cfg)
+    r = evaluate.run(cfg)
     if a.json:
         print(json.dumps({k: v for k, v in r.items() if k != "prompts"}, indent=1))
     else:
-        print(table(r))
+        print(evaluate.table(r))
         print(f"per-cell heatmap: {r['heatmap']}")
         print(f"written to {Path(a.run_dir) / 'eval.json'}"
               + (f"; logged on MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))
@@ -545,8 +363,6 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_compare(a) -> int:
-    from .compare import compare, run_dirs
-
     if a.samples < 1:
         raise UserError("--samples must be >= 1")
     r = compare(run_dirs(a.runs), a.out, a.samples, a.seed)
@@ -560,22 +376,16 @@ def cmd_compare(a) -> int:
 
 
 def cmd_submit(a) -> int:
-    from jobs.submit import submit
-
     stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
     return submit(a.spec, stages, a.executor, a.dry_run)
 
 
 def cmd_status(a) -> int:
-    from jobs.status import status
-
     return status(a.spec)
 
 
 def demo_prompts(meta: dict, train_labels: Path) -> list[str]:
     """One seen prompt, one of each held-out kind, and one with a word in no caption."""
-    from .labels import fill, read_labels
-
     seen = read_labels(train_labels)[0]
     (obj, tmpl), new_obj = meta["heldout_pairs"][0], meta["heldout_objects"][0]
     shape = new_obj.split()[-1]
@@ -587,19 +397,6 @@ def demo_prompts(meta: dict, train_labels: Path) -> list[str]:
 
 def cmd_demo(a) -> int:
     """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
-    import json
-    import shutil
-    import time
-
-    from .evaluate import EvalConfig, run as evaluate, table
-    from .frames import FramesConfig
-    from .manifests import load_subset
-    from .sample import sample
-    from .toydata import make_toy
-    from .tracking import default_uri
-    from .train import build_config
-    from .vocab import VocabConfig
-
     t0 = time.perf_counter()
     out = Path(a.out).absolute()
     data = out / "toy"
@@ -607,8 +404,7 @@ def cmd_demo(a) -> int:
         make_toy(data, videos=a.videos, seed=a.seed)
     elif json.loads((data / "toy_meta.json").read_text()).get("seed") != a.seed:
         raise UserError(f"{out} holds the demo of another toy seed; use another --out for --seed {a.seed}")
-    local = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
-                               qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
+    local = Launch(executor="local", res=Resources(timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2))
     labels = (data / "labels" / "train.json", data / "labels" / "validation.json")
     templates = tuple(load_subset("toy")["templates"])
     for split, dest in ((0, "frames"), (1, "frames-val")):  # validation clips: held-out prompts for evaluation
@@ -630,18 +426,17 @@ def cmd_demo(a) -> int:
                         f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
                         f"eval_data={out / 'frames-val'}",
                         f"eval_cache={cache}"])
-    train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0, tracking_server="auto")
-    rc = run_train(cfg, train_args)
+    rc = run_train(cfg, local)
     if rc:
         return rc
     print(f"\n== sample == ({time.perf_counter() - t0:.0f} s in)")
     prompts = demo_prompts(json.loads((data / "toy_meta.json").read_text()), labels[0])
     meta = sample(out / "run", prompts, n=4, seed=0, out=out / "samples.gif")
     print(f"\n== evaluate == ({time.perf_counter() - t0:.0f} s in)")
-    r = evaluate(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
-                            steps=a.evaluator_steps, min_clips=a.min_clips))
+    r = evaluate.run(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
+                                steps=a.evaluator_steps, min_clips=a.min_clips))
     shutil.copyfile(out / "run" / "eval.json", out / "eval.json")
-    print(table(r))
+    print(evaluate.table(r))
     rows = json.loads((out / "run" / "clips" / "prompts.json").read_text())
     clips = sorted((out / "run" / "clips").glob("*.gif"))
     print(f"\ndemo done in {time.perf_counter() - t0:.0f} s, everything under {out}/:\n"
@@ -649,7 +444,7 @@ def cmd_demo(a) -> int:
           f"  training clips  {clips[-1] if clips else '-'} (rows: "
           + "; ".join(f"{x['template'].replace('[something]', x['object'])}"
                       + (" [held out]" if x["held_out"] else "") for x in rows) + ")\n"
-          f"  evaluation      {out / 'eval.json'}\n"
+          f"  evaluation      {out / 'eval.json'} (per-cell heatmap {r['heatmap']})\n"
           f"  run dir         {out / 'run'} (checkpoints, config, generator.pt)\n"
           f"  MLflow UI       .venv/bin/mlflow ui --backend-store-uri {uri}\n"
           f"                  then open {_demo_ui(uri)}")
@@ -658,9 +453,7 @@ def cmd_demo(a) -> int:
 
 def _demo_ui(uri: str) -> str:
     """The demo experiment's runs table in the model-training view (see docs/mlflow-ui.md)."""
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import ui_url
+    from mlflow.tracking import MlflowClient  # seconds to import: only once the demo is done
 
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("demo")
     return ui_url("http://127.0.0.1:5000", exp.experiment_id) if exp else "http://127.0.0.1:5000, experiment 'demo'"

@@ -1,0 +1,82 @@
+"""Checkpoint files: the one place that names them, finds them and reads them.
+
+A run dir's checkpoints are ``checkpoints/step-NNNNNNNN.pt`` (the step, zero-padded
+so names sort by step). The newest readable one is found by scanning, never
+through a pointer file that a crash could leave half-written; a torn or foreign
+file is skipped with a warning. Writing goes through ``files.atomic_path``, so a
+name only ever stands for a whole file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .files import atomic_write
+
+FORMAT = 1  # the "format" key of a t2v checkpoint
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step-{int(step):08d}.pt"
+
+
+def step_of(path: Path) -> int:
+    """``.../step-00000120.pt`` -> 120."""
+    return int(Path(path).stem.split("-")[1])
+
+
+def checkpoint_paths(run_dir: Path) -> list[Path]:
+    """Checkpoints, newest first."""
+    return sorted(checkpoint_dir(run_dir).glob("step-*.pt"), reverse=True)
+
+
+def newest_step(run_dir: Path) -> int:
+    """The step of the newest checkpoint file (0 if none), without reading it."""
+    paths = checkpoint_paths(run_dir)
+    return step_of(paths[0]) if paths else 0
+
+
+def load_latest(run_dir: Path) -> dict | None:
+    """The newest checkpoint that loads, or None."""
+    for p in checkpoint_paths(run_dir):
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+            if state.get("format") == FORMAT:
+                return state
+            raise ValueError("not a t2v checkpoint")
+        except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
+            print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
+    return None
+
+
+def resolve(run_dir: Path, checkpoint=None) -> tuple[dict, Path]:
+    """(state, path) of the newest readable checkpoint, or of ``checkpoint``: a step number or a path."""
+    run_dir = Path(run_dir)
+    if checkpoint is None:
+        state = load_latest(run_dir)
+        if state is None:
+            raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
+        return state, checkpoint_path(run_dir, state["step"])  # the one load_latest read
+    path = Path(checkpoint)
+    if not path.exists() and str(checkpoint).isdigit():
+        path = checkpoint_path(run_dir, int(checkpoint))
+    if not path.exists():
+        have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
+        raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
+    return torch.load(path, map_location="cpu", weights_only=True), path
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Write step's checkpoint durably, then drop all but the newest ``keep``."""
+    final = atomic_write(checkpoint_path(run_dir, step), lambda p: torch.save(state, p))
+    for old in checkpoint_paths(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+    return final
