@@ -10,6 +10,7 @@ import pytest
 from conftest import t2v
 from pipeline.fasttext_bin import FastTextBin
 from pipeline.text import tokenize
+from pipeline.toydata import DIGITS
 from pipeline.vocab import Vocab
 
 
@@ -31,7 +32,8 @@ def test_outputs_have_the_right_shapes(vocab, toy):
     labels = sum((json.loads((toy / f"labels/{s}.json").read_text()) for s in ("train", "validation")), [])
     assert tokens[0] == "<pad>" and not vectors[0].any()
     assert vectors.dtype == np.float32 and vectors.shape == (len(tokens), 50)
-    assert {"square", "digit", "three", "pushing", "left"} <= set(tokens)
+    assert {"square", "digit", "pushing", "left"} <= set(tokens)
+    assert set(DIGITS) & set(tokens)  # the toy world's digit names (zero, one, four, seven)
     assert [i.decode() for i in samples["ids"]] == [r["id"] for r in labels]
     ti, n = samples["token_ids"], samples["lengths"]
     assert samples["condition"].dtype == np.float32 and samples["condition"].shape == (len(labels), 50)
@@ -80,7 +82,7 @@ def test_pretrained_bin_is_linked_and_gives_the_same_vectors(vocab, toy, tmp_pat
 
 
 def test_vec_file_is_the_whole_vocabulary(toy, tmp_path):
-    words = {"red": 1.0, "square": 2.0, "digit": 3.0, "three": 4.0}
+    words = {"red": 1.0, "square": 2.0, "digit": 3.0, "seven": 4.0}
     vec = tmp_path / "tiny.vec"
     vec.write_text(f"{len(words)} 4\n" + "".join(f"{w} {v} 0 0 {-v}\n" for w, v in words.items()))
     out = tmp_path / "v"
