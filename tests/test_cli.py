@@ -28,6 +28,12 @@ def test_demo_runs_what_exists(tmp_path):
     assert f"training clips  {clips / 'step_000002.gif'}" in r.stdout and (tmp_path / "demo/samples.gif").exists()
     e = __import__("json").loads((tmp_path / "demo/eval.json").read_text())
     assert e["step"] == 2 and e["n_prompts_heldout"] > 0 and "chance" in r.stdout
+    assert "per-cell heatmap" in r.stdout and (tmp_path / "demo/run/eval_heatmap.png").exists()
+    meta = __import__("json").loads((tmp_path / "demo/toy/toy_meta.json").read_text())
+    assert meta["seed"] == 0 and meta["heldout_pairs"] and meta["heldout_objects"] and meta["unreachable"]
+    # Another toy seed never lands in a finished demo of seed 0: one line, exit 2, nothing touched.
+    again = t2v("demo", "--out", tmp_path / "demo", "--seed", "1", check=False)
+    assert again.returncode == 2 and "another toy seed" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_subset_manifests(toy, tmp_path):
