@@ -93,9 +93,11 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--partition", default=d.partition)
         g.add_argument("--account", default=d.account)
         g.add_argument("--qos", default=d.qos)
-        g.add_argument("--timeout-min", type=int, default=d.timeout_min)
-        g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task)
-        g.add_argument("--mem-gb", type=float, default=d.mem_gb)
+        # Defaults are None so that a value the user gave can be told from ours: on SLURM ours
+        # are lowered to what the partition offers, a given one that cannot fit is refused.
+        g.add_argument("--timeout-min", type=int, help=f"(default {d.timeout_min}, or the partition's limit)")
+        g.add_argument("--cpus-per-task", type=int, help=f"(default {d.cpus_per_task}, or what a node has)")
+        g.add_argument("--mem-gb", type=float, help="memory per node (default: none requested, the site's default)")
         if array:
             g.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
                            help="most tasks running at once (local: also capped by CPU count)")
@@ -160,9 +162,9 @@ def _parser() -> argparse.ArgumentParser:
                         "writes don't race on the file (auto: for sweeps, not for one run; "
                         "see README, Hardening)")
     executor_flags(p, array=False)
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
-    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--nodes", type=int, help="(default 1)")
+    p.add_argument("--tasks-per-node", type=int, help="ranks per node, one per GPU (default 1)")
+    p.add_argument("--gpus-per-node", type=int, help="(default 0)")
 
     p = cmd("sample", "Generate clips for any prompt with a run's EMA generator (grid: prompts x samples).")
     p.add_argument("--run-dir", type=Path, help="a `t2v train` run dir")
@@ -209,12 +211,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resources(a):
+    """The flags' Resources; on SLURM checked against the cluster (jobs/cluster.py), which refuses
+    a request no node can meet before anything is submitted (also for --dry-run)."""
+    from jobs.cluster import fit
     from jobs.executor import Resources
 
-    return Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
-                     cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
-                     array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
-                     tasks_per_node=getattr(a, "tasks_per_node", 1), gpus_per_node=getattr(a, "gpus_per_node", 0))
+    given = {k: getattr(a, k, None) for k in ("partition", "account", "qos", "timeout_min", "cpus_per_task",
+                                              "mem_gb", "array_parallelism", "nodes", "tasks_per_node",
+                                              "gpus_per_node")}
+    given = {k: v for k, v in given.items() if v is not None}
+    for k in ("timeout_min", "cpus_per_task", "mem_gb", "array_parallelism", "nodes", "tasks_per_node"):
+        if k in given and given[k] <= 0:
+            raise UserError(f"--{k.replace('_', '-')} must be > 0, not {given[k]:g}")
+    if given.get("gpus_per_node", 0) < 0:
+        raise UserError("--gpus-per-node must be >= 0")
+    res = Resources(**given, asked=frozenset(given))
+    return fit(res, getattr(a, "cmd", None) or "job") if getattr(a, "executor", "local") == "slurm" else res
+
+
+def _ranks(a) -> int:
+    return (getattr(a, "nodes", None) or 1) * (getattr(a, "tasks_per_node", None) or 1)
 
 
 def cmd_toy_data(a) -> int:
@@ -357,7 +373,7 @@ def train_config(a):
     sets.append(f"tracking_uri={a.tracking_uri or default_uri(Path.cwd())}")
     if a.experiment:
         sets.append(f"experiment={a.experiment}")
-    if a.executor != "local" and a.nodes * a.tasks_per_node > 1 and a.executor == "debug":
+    if a.executor == "debug" and _ranks(a) > 1:
         raise UserError("the debug executor runs one process; use --executor local or slurm for several ranks")
     return build_config(a.data.absolute(), a.vocab.absolute(), a.run_dir.absolute(), a.preset, sets)
 
@@ -385,7 +401,7 @@ def run_train(cfg, a) -> int:
     info = train.check(cfg)
     if not a.dry_run:
         _prepare_tracking(cfg)
-    ranks = a.nodes * a.tasks_per_node
+    ranks = _ranks(a)
     resumed = train.checkpoint_paths(cfg.run_dir)
     print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
           f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
@@ -477,7 +493,7 @@ def _server_resources(a, points: int):
 
     waves = -(-points // max(1, a.array_parallelism))
     return Resources(partition=a.partition, account=a.account, qos=a.qos, cpus_per_task=1, mem_gb=2,
-                     timeout_min=a.timeout_min * waves)
+                     timeout_min=(a.timeout_min or Resources.timeout_min) * waves)
 
 
 def _parent_run(cfg, name: str) -> str:
