@@ -65,9 +65,11 @@ def _done(stage: str, out: Path, spec: dict) -> tuple[bool, str]:
             return False, "no run/eval.json"
         r = json.loads(e.read_text())
         return True, f"eval.json at step {r['step']}: cond_acc_seen {r['cond_acc_seen']:.3f} (chance {r['chance']:.3f})"
-    ckpts = sorted((out / "run" / "checkpoints").glob("step-*.pt"))
+    from pipeline.train import newest_checkpoint
+
+    _, state = newest_checkpoint(out / "run")  # a torn newest file does not count
     want = (spec["stages"].get("train") or {}).get("max_steps")
-    step = int(ckpts[-1].stem.split("-")[1]) if ckpts else 0
+    step = int(state["step"]) if state else 0
     done = (out / "run" / "generator.pt").exists() and (want is None or step >= int(want))
     return done, f"newest checkpoint step {step}" + (f" of {want}" if want else "")
 
@@ -90,11 +92,11 @@ def _print_jobs(jobs: list[str], log_dir: Path) -> None:
 def run_status(run_dir: Path) -> int:
     """A training run dir: progress from its checkpoints, its jobs from its logs."""
     from pipeline.config import to_dict
-    from pipeline.train import build_config, checkpoint_paths
+    from pipeline.train import build_config, newest_checkpoint
 
     cfg = json.loads((run_dir / "config.json").read_text())
-    ckpts = checkpoint_paths(run_dir)
-    step = int(ckpts[0].stem.split("-")[1]) if ckpts else 0
+    _, state = newest_checkpoint(run_dir)  # a torn newest file is skipped, as a resume would
+    step = int(state["step"]) if state else 0
     done = (run_dir / "generator.pt").exists() and step >= cfg["max_steps"]
     run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else "-"
     print(f"run {run_dir}: {'done' if done else 'not done'}, newest checkpoint step {step} of "

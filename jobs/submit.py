@@ -221,6 +221,10 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
         sets.append(f"tracking_server={server.file}")
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
     ecfg = _eval_config(cfg.get("evaluate") or {}, out)
+    if "evaluate" in stages:
+        from pipeline.evaluate import validate
+
+        validate(ecfg)
     if "train" in stages and not dry_run:
         from pipeline.tracking import prepare_store
 

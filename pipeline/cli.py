@@ -8,6 +8,7 @@ printed as one line (exit 2) instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -234,8 +235,10 @@ def _ranks(a) -> int:
 
 
 def cmd_toy_data(a) -> int:
+    from .rundir import check_out
     from .toydata import make_toy
 
+    check_out(a.out)
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
@@ -265,6 +268,10 @@ def run_frames(cfg, a) -> int:
 
     from . import frames
 
+    if not a.dry_run:
+        from .rundir import check_out
+
+        check_out(cfg.out)
     p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
     print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
           f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
@@ -319,6 +326,10 @@ def run_vocab(cfg, a) -> int:
 
     samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
     vocab.check_pretrained(cfg)
+    if not a.dry_run:
+        from .rundir import check_out
+
+        check_out(cfg.out)
     src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
     print(f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
           f"vectors from {src}")
@@ -352,6 +363,8 @@ def cmd_vocab(a) -> int:
 def cmd_neighbors(a) -> int:
     from .vocab import Vocab
 
+    if a.k < 1:
+        raise UserError(f"-k must be >= 1, not {a.k}")
     v = Vocab(a.vocab)
     toks, _ = v.encode(a.word)
     known = [t for t in toks if t in v.index]
@@ -398,11 +411,15 @@ def run_train(cfg, a) -> int:
 
     from . import train
 
-    info = train.check(cfg)
+    from .rundir import holder
+
+    ranks = _ranks(a)
+    info = train.check(cfg, ranks)
+    if who := holder(cfg.run_dir):
+        raise UserError(f"{cfg.run_dir} is in use by another training run ({who}); wait for it to end or stop it")
     if not a.dry_run:
         _prepare_tracking(cfg)
-    ranks = _ranks(a)
-    resumed = train.checkpoint_paths(cfg.run_dir)
+    resumed = [p for p in train.newest_checkpoint(cfg.run_dir)[:1] if p]  # the file a resume loads, not a torn one
     print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
           f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
           + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
@@ -568,7 +585,12 @@ def cmd_demo(a) -> int:
     from .train import build_config
     from .vocab import VocabConfig
 
+    from .evaluate import validate
+
     t0 = time.perf_counter()
+    validate(EvalConfig(run_dir=Path(a.out), steps=a.evaluator_steps, min_clips=a.min_clips))  # before hours of work
+    if a.videos < 1 or a.steps < 1:
+        raise UserError("--videos and --steps must be >= 1")
     out = Path(a.out).absolute()
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
@@ -634,6 +656,14 @@ def main(argv=None) -> int:
         return handler(a)
     except UserError as e:
         print(f"t2v {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write refused: --out a file, read-only, the disk full
+        print(f"t2v {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:  # ffmpeg writing a clip (the disk full, a bad path)
+        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        print(f"t2v {a.cmd}: error: {Path(str(e.cmd[0])).name} failed: {lines[-1] if lines else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,17 +34,25 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
     gutter colour), with the index moved to the front (+faststart) so playback can
     start before the whole file has arrived.
     """
+    from .rundir import tmp_name
+
     t, h, w, _ = frames.shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     vf = f"scale={w * scale}:{h * scale}:flags=neighbor"
-    if path.suffix == ".gif":
+    if path.suffix.lower() == ".gif":  # grid.GIF is a GIF too
         vf += ",split[a][b];[a]palettegen=max_colors=128[p];[b][p]paletteuse"
-        codec = []
+        codec = ["-f", "gif"]
     else:
         vf += ",pad=ceil(iw/2)*2:ceil(ih/2)*2:0:0:white"
-        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart"]
+        codec = ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18", "-movflags", "+faststart", "-f", "mp4"]
+    # Written aside and renamed: a failed encode leaves no empty or half file under the name.
+    tmp = tmp_name(path)
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps),
-           "-i", "-", "-vf", vf, *codec, str(path)]
-    subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
+           "-i", "-", "-vf", vf, *codec, str(tmp)]
+    try:
+        subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), check=True, capture_output=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

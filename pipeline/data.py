@@ -24,12 +24,35 @@ class ShardDataset(Dataset):
         manifest = self.root / "manifest.csv"
         if not manifest.exists():
             raise UserError(f"{manifest} not found: the frames stage has not finished in {self.root}")
-        df = pd.read_csv(manifest, dtype={"id": str}, keep_default_na=False)
-        df = df[df["status"] == "ok"]
+        try:
+            df = pd.read_csv(manifest, dtype={"id": str}, keep_default_na=False)
+            df = df[df["status"] == "ok"]
+        except (ValueError, KeyError, pd.errors.ParserError) as e:
+            raise UserError(f"{manifest} is not a frames manifest ({type(e).__name__}); rerun `t2v frames`") from None
         if ids is not None:
             df = df[df["id"].isin(set(ids))]
         self.rows = df.reset_index(drop=True)
         self._files: dict[str, object] = {}
+        self._check_ids()
+
+    def _check_ids(self) -> None:
+        """Each row's clip must be the one its shard stores under that id: a shard replaced after
+        the manifest was written would otherwise pair clips with other samples' captions."""
+        import h5py
+
+        for shard, rows in self.rows.groupby("shard"):
+            path = self.root / "shards" / str(shard)
+            try:
+                with h5py.File(path, "r") as f:
+                    stored = f["ids"].asstr()[:]
+                    n = len(f["videos"])
+            except (OSError, KeyError, ValueError) as e:
+                raise UserError(f"{path} is missing or unreadable ({type(e).__name__}); rerun `t2v frames`") from None
+            index = rows["index"].to_numpy(dtype=np.int64)
+            if (index < 0).any() or (index >= min(n, len(stored))).any() or \
+                    list(stored[index]) != rows["id"].tolist():
+                raise UserError(f"{path} does not hold the clips {self.root}/manifest.csv lists for it (the shard "
+                                "was replaced or the manifest edited); delete it and rerun `t2v frames`")
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal, Optional
 
 import numpy as np
 
+from . import rundir
 from .config import fingerprint, to_dict
 from .decode import ClipError, decode, sample_indices
 from .errors import UserError
@@ -147,9 +147,9 @@ def run_shard(cfg: FramesConfig, k: int, progress: bool = True) -> dict:
         return _finish(cfg, p, k)
     rows = p.shards[k]
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(final.name + ".tmp-*"):
-        stale.unlink(missing_ok=True)  # left by a killed task; ours gets a new name
-    tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    # Left by a killed task; one whose writer still runs (a second `t2v frames` on this --out) stays.
+    rundir.remove_stale(final.parent, final.name + ".tmp-*")
+    tmp = rundir.tmp_name(final)
     t, s = cfg.frames, cfg.size
     comp = {"gzip": dict(compression="gzip", compression_opts=1), "lzf": dict(compression="lzf"),
             "none": {}}[cfg.compression]
@@ -197,11 +197,27 @@ def _fsync(path: Path) -> None:
 
 
 def ensure_manifest(cfg: FramesConfig, p: Plan) -> bool:
-    """Write manifest.csv once every shard exists (if it isn't there yet); True if it exists."""
+    """Write manifest.csv once every shard exists (if it isn't there yet, or its captions are not
+    the labels file's any more); True if it exists."""
     manifest = Path(cfg.out) / "manifest.csv"
-    if all(shard_path(cfg, j).exists() for j in range(len(p.shards))) and not manifest.exists():
+    if all(shard_path(cfg, j).exists() for j in range(len(p.shards))) and not _manifest_current(manifest, p):
         write_manifest(cfg, p)
     return manifest.exists()
+
+
+def _manifest_current(manifest: Path, p: Plan) -> bool:
+    """The manifest exists and its captions are the labels file's (the shards hold only pixels, so
+    a changed caption means a new manifest, not new shards)."""
+    import pandas as pd
+
+    if not manifest.exists():
+        return False
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        have = list(zip(df["id"], df["label"], df["template"], df["placeholders"]))
+    except (ValueError, KeyError, pd.errors.ParserError):
+        return False
+    return have == [(s.id, s.label, s.template, json.dumps(list(s.placeholders))) for s in p.samples]
 
 
 def _finish(cfg: FramesConfig, p: Plan, k: int) -> dict:
@@ -236,7 +252,7 @@ def read_rows(cfg: FramesConfig, p: Plan):
 def write_manifest(cfg: FramesConfig, p: Plan) -> Path:
     out = Path(cfg.out) / "manifest.csv"
     df = read_rows(cfg, p)
-    tmp = out.with_name(f"manifest.csv.tmp-{socket.gethostname()}-{os.getpid()}")
+    tmp = rundir.tmp_name(out)
     df.to_csv(tmp, index=False)
     _fsync(tmp)
     os.replace(tmp, out)
@@ -258,6 +274,8 @@ def prepare(cfg: FramesConfig) -> Plan:
     manifest = out / "manifest.csv"
     if p.todo and manifest.exists():
         manifest.unlink()  # it described shards that are gone
+    elif not p.todo:
+        ensure_manifest(cfg, p)  # a caption changed in the labels: the manifest follows
     cfg_file = out / "frames_config.json"
     if not cfg_file.exists():
         cfg_file.write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))

@@ -43,7 +43,7 @@ def run_dir_of(run_id: str, tracking_uri: str) -> Path:
 
 def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
     from .models import Generator
-    from .train import checkpoint_paths, load_latest
+    from .train import checkpoint_paths, load_latest, read_checkpoint
     from .vocab import Vocab
 
     run_dir = Path(run_dir)
@@ -58,10 +58,10 @@ def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
         path = Path(checkpoint)
         if not path.exists() and str(checkpoint).isdigit():
             path = run_dir / "checkpoints" / f"step-{int(checkpoint):08d}.pt"
-        if not path.exists():
+        if not path.is_file():
             have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
             raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
     cfg = state["config"]
     vocab = Vocab(cfg["vocab"])
     G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"])
@@ -105,9 +105,13 @@ def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpo
     clips = to_uint8(generate(g.G, cond, n, seed))
     out = Path(out)
     if out.suffix.lower() in (".gif", ".mp4"):
+        if out.is_dir():
+            raise UserError(f"--out {out} is a directory; give a file name or a directory without an extension")
         paths = [write(grid(clips), out)]
     elif out.suffix:
         raise UserError(f"--out {out}: use a .gif or .mp4 file, or a directory")
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give FILE.gif, FILE.mp4 or a directory")
     else:
         paths = [write(grid(clips), out / f"samples.{ext}") for ext in ("gif", "mp4")]
     meta = {"run_dir": str(run_dir), "checkpoint": str(g.checkpoint), "step": g.step, "seed": seed, "n": n,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from . import dist, rundir
 from .config import to_dict
 from .errors import UserError
 
@@ -204,13 +204,26 @@ def _shard_attrs(data: Path) -> dict:
         return json.loads(f.attrs["config"])
 
 
-def check(cfg: TrainConfig) -> dict:
-    """Everything that can be wrong before a job starts; returns what the plan prints."""
+def check(cfg: TrainConfig, world: int = 1) -> dict:
+    """Everything that can be wrong before a job starts (and before anything is written to the
+    run dir, so a refused run leaves nothing behind); returns what the plan prints."""
     from .vocab import Vocab
 
-    for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints"):
+    for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints", "frames",
+              "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples"):
         if getattr(cfg, k) < 1:
-            raise UserError(f"{k} must be >= 1")
+            raise UserError(f"{k} must be >= 1, not {getattr(cfg, k)}")
+    for k in ("lr_g", "lr_d"):
+        if not 0 < getattr(cfg, k) < float("inf"):
+            raise UserError(f"{k} must be > 0, not {getattr(cfg, k)}")
+    for k in ("beta1", "beta2", "ema_beta"):
+        if not 0 <= getattr(cfg, k) < 1:
+            raise UserError(f"{k} must be in [0, 1), not {getattr(cfg, k)}")
+    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb"):
+        if not 0 <= getattr(cfg, k) < float("inf"):
+            raise UserError(f"{k} must be >= 0, not {getattr(cfg, k)}")
+    if cfg.batch % world:
+        raise UserError(f"batch {cfg.batch} does not split evenly over {world} ranks")
     if not (Path(cfg.data) / "manifest.csv").exists():
         raise UserError(f"{cfg.data} is not a finished frames output (no manifest.csv)")
     shard = _shard_attrs(cfg.data)
@@ -224,8 +237,11 @@ def check(cfg: TrainConfig) -> dict:
     if data.cond.shape[1] != vocab.cond_dim:
         raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, expected "
                         f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
+    if (len(data) // world) // (cfg.batch // world) == 0:
+        raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "
+                        "rank(s); lower --set batch")
     saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists():
+    if saved.exists() and checkpoint_paths(cfg.run_dir):  # with no checkpoint there is no run to keep
         old = json.loads(saved.read_text())
         new = to_dict(cfg)
         diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
@@ -272,22 +288,39 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
 
 
 def load_latest(run_dir: Path) -> dict | None:
+    return newest_checkpoint(run_dir)[1]
+
+
+def read_checkpoint(path: Path) -> dict:
+    """One checkpoint file, or a one-line UserError when it is not one (torn, foreign, a folder)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not its own
+        raise UserError(f"{path} is not a readable t2v checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != 1 or "G_ema" not in state:
+        raise UserError(f"{path} is not a t2v checkpoint")
+    return state
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that loads, and its state; torn or foreign files are skipped."""
     for p in checkpoint_paths(run_dir):
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
-            if state.get("format") == 1:
-                return state
+            if isinstance(state, dict) and state.get("format") == 1:
+                return p, state
             raise ValueError("not a t2v checkpoint")
         except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
             print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
-    return None
+    return None, None
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     d = Path(run_dir) / "checkpoints"
     d.mkdir(parents=True, exist_ok=True)
     final = d / f"step-{step:08d}.pt"
-    tmp = d / f".{final.name}.tmp-{os.getpid()}"
+    rundir.remove_stale(d, ".step-*.pt.tmp-*")  # a writer killed mid-write (SIGKILL) left these
+    tmp = rundir.tmp_name(d / f".{final.name}")
     torch.save(state, tmp)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
@@ -477,7 +510,10 @@ def run(cfg: TrainConfig) -> dict:
     env = dist.init(cfg.device)
     device = torch.device(env.device)
     run_dir = Path(cfg.run_dir)
-    info = check(cfg)
+    info = check(cfg, env.world)
+    lock = rundir.RunLock(run_dir) if env.main else None  # one run per run dir; released when this one ends
+    if held := dist.broadcast_object(lock.acquire() if lock else None):
+        raise UserError(f"{run_dir} is in use by another training run ({held}); wait for it to end or stop it")
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
@@ -650,6 +686,8 @@ def run(cfg: TrainConfig) -> dict:
         final = {"finished": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
         if tracker and final:
             tracker.finish(final)
+        if lock:
+            lock.release()
         dist.shutdown()
     return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
             "rank_digests": digests, "mlflow_run_id": run_id, "rank_run_ids": run_ids}
