@@ -312,16 +312,21 @@ def refusal(name: str):
 
 
 def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True,
-            max_num_timeout: int = 3) -> Outcome:
+            max_num_timeout: int = 3, progress: bool = False) -> Outcome:
     """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result.
-    A checkpointable job that times out is requeued up to `max_num_timeout` times."""
+    A checkpointable job that times out is requeued up to `max_num_timeout` times. `progress`:
+    while waiting, a bar read from the job's log (jobs/progress.py)."""
     ex = make_executor(kind, folder, res, name, max_num_timeout)
     with refusal(name):
         job = ex.submit(fn)
     print(f"submitted job {job.job_id} ({kind}); logs in {folder}", file=sys.stderr)
     if not wait:
         return Outcome(None, str(job.job_id), True)
-    return watch([(None, job)])[0] if kind == "slurm" else _outcome(None, job)
+    from jobs.progress import LogProgress
+
+    with LogProgress(job.paths.stderr, name.removeprefix("t2v-")) if progress and kind != "debug" \
+            else contextlib.nullcontext():
+        return watch([(None, job)])[0] if kind == "slurm" else _outcome(None, job)
 
 
 def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resources, name: str,

@@ -291,7 +291,7 @@ def _chain(spec, spec_path, stages, stage_res, kind, out, fcfg, vcfg, tcfg, ecfg
             task = {"vocab": VocabTask(vcfg), "train": TrainTask(tcfg), "evaluate": EvaluateTask(ecfg)}[stage]
             if stage == "train" and wait:
                 train.check(tcfg)
-            o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait)
+            o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait, progress=True)
             if not o.ok:
                 print(f"{stage} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
                 return 1

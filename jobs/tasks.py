@@ -78,7 +78,7 @@ class EvaluateTask:
     def __call__(self) -> dict:
         from pipeline.evaluate import run
 
-        r = run(self.cfg, progress=False)
+        r = run(self.cfg, progress=True)  # its bars go to the job's log, which the submitter's bar follows
         return {k: v for k, v in r.items() if k != "prompts"}  # the full table is in RUN_DIR/eval.json
 
     def checkpoint(self):

@@ -268,11 +268,12 @@ def run_frames(cfg, a) -> int:
 
     from . import frames
 
+    p = frames.plan(cfg)  # validates the inputs before anything is written
     if not a.dry_run:
         from .rundir import check_out
 
         check_out(cfg.out)
-    p = frames.plan(cfg) if a.dry_run else frames.prepare(cfg)
+        p = frames.prepare(cfg, p)
     print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
           f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
     logs = Path(cfg.out) / "logs" / "frames"  # submitit names files by job id inside
@@ -435,7 +436,7 @@ def run_train(cfg, a) -> int:
     cfg = replace(cfg, tracking_server=server.file)
     with server:
         o = run_job(TrainTask(cfg), kind=a.executor, folder=logs, res=with_dependency(_resources(a), server.dependency),
-                    name="t2v-train", wait=not a.no_wait)
+                    name="t2v-train", wait=not a.no_wait, progress=True)
         server.serves([o.job_id])
     if not o.ok:
         print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
@@ -560,7 +561,7 @@ def cmd_evaluate(a) -> int:
 def cmd_submit(a) -> int:
     from jobs.submit import submit
 
-    stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()] if a.stages is not None else None
     return submit(a.spec, stages, a.executor, a.dry_run)
 
 

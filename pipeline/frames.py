@@ -266,9 +266,9 @@ def summary(manifest: Path) -> dict[str, int]:
     return {s: int(counts.get(s, 0)) for s in STATUSES}
 
 
-def prepare(cfg: FramesConfig) -> Plan:
+def prepare(cfg: FramesConfig, p: Optional[Plan] = None) -> Plan:
     """Run-level set-up before any task: make dirs, drop a stale manifest, save the config."""
-    p = plan(cfg)
+    p = p or plan(cfg)
     out = Path(cfg.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
