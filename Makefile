@@ -5,11 +5,14 @@ STAMP   := $(VENV)/.installed
 TORCH   := torch==2.13.0
 DEMO    := demo-output
 
-.PHONY: setup demo test bench clean cluster-up cluster-down
+.PHONY: setup browser demo test bench clean cluster-up cluster-down
 
 setup: $(STAMP)
 	@command -v ffprobe >/dev/null || { echo "installing Debian ffmpeg (ffmpeg + ffprobe)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+
+# Only the tests need a browser (the MLflow UI test); `make demo` does not wait for it.
+browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  echo "installing Debian chromium + chromium-driver (the browser test of the MLflow UI)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
@@ -29,7 +32,7 @@ demo: setup
 # The integration tests need the project's own two-node SLURM cluster: bring it up,
 # run everything, and take it down again whatever the tests did.
 CLUSTER := containers/slurm-local/cluster.sh
-test: setup
+test: setup browser
 	@if out=$$($(CLUSTER) up); then eval "$$(echo "$$out" | tail -n 1)"; \
 	 else export T2V_NO_SLURM="containers/slurm-local/cluster.sh up failed; see its output above"; fi; \
 	 $(VENV)/bin/python -m pytest -q --durations=15; rc=$$?; $(CLUSTER) down >/dev/null 2>&1 || true; exit $$rc

@@ -130,8 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("vocab", "Embed caption words with fastText (trained here, or pretrained .bin/.vec, streamed).")
     p.add_argument("--labels", type=Path, nargs="+", required=True, help="one or more labels JSON files")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--mode", choices=("object", "sentence"), default="object",
-                   help="condition on the object phrase (default) or the whole caption")
+    p.add_argument("--mode", choices=("object", "sentence", "parts"), default="object",
+                   help="condition on the object phrase (default), the whole caption, or template and object "
+                        "as separate parts (the motion words drive motion, the object words the look)")
     p.add_argument("--pretrained", type=Path, help="a fastText .bin (subwords kept) or .vec file")
     p.add_argument("--dim", type=int, help="vector size when training (default 50); checked against --pretrained")
     p.add_argument("--corpus", type=Path, nargs="+", default=(), help="extra text to train on")
@@ -205,6 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("demo", "Run the pipeline end to end on a generated toy dataset.")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     p.add_argument("--videos", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0, help="toy world seed: which cells are held out (default 0)")
+    p.add_argument("--eval-every", type=int, help="evaluate every N training steps (default: half way)")
     p.add_argument("--steps", type=int, default=600, help="training steps (debug_cpu preset)")
     p.add_argument("--evaluator-steps", type=int, default=400, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
@@ -242,6 +245,9 @@ def cmd_toy_data(a) -> int:
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
+    print("held out of train (toy seed %d):\n  pairs    %s\n  objects  %s\n  control  %s (unreachable: its glyph "
+          "is in no training clip)" % (a.seed, "; ".join(f"{o} / {t}" for o, t in meta["heldout_pairs"]),
+                                       ", ".join(meta["heldout_objects"]), ", ".join(meta["unreachable"])))
     return 0
 
 
@@ -553,6 +559,7 @@ def cmd_evaluate(a) -> int:
         print(json.dumps({k: v for k, v in r.items() if k != "prompts"}, indent=1))
     else:
         print(table(r))
+        print(f"per-cell heatmap: {r['heatmap']}")
         print(f"written to {Path(a.run_dir) / 'eval.json'}"
               + (f"; logged on MLflow run {r['mlflow_run_id']}" if r.get("mlflow_run_id") else ""))
     return 0
@@ -569,6 +576,19 @@ def cmd_status(a) -> int:
     from jobs.status import status
 
     return status(a.spec)
+
+
+def demo_prompts(meta: dict, train_labels: Path) -> list[str]:
+    """One seen prompt, one of each held-out kind, and one with a word in no caption."""
+    from .labels import fill, read_labels
+
+    seen = read_labels(train_labels)[0]
+    (obj, tmpl), new_obj = meta["heldout_pairs"][0], meta["heldout_objects"][0]
+    shape = new_obj.split()[-1]
+    return [fill(seen.template, seen.placeholders).lower(),  # seen in training
+            fill(tmpl, [obj]).lower(),  # held out: a known object with a template it never had
+            fill(seen.template, [new_obj]).lower(),  # held out: a new colour + shape composition
+            fill(seen.template, [f"purple {shape}"]).lower()]  # "purple" is in no caption: fastText subwords
 
 
 def cmd_demo(a) -> int:
@@ -595,40 +615,40 @@ def cmd_demo(a) -> int:
     out = Path(a.out).absolute()
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
-        make_toy(data, videos=a.videos, seed=0)
+        make_toy(data, videos=a.videos, seed=a.seed)
+    elif json.loads((data / "toy_meta.json").read_text()).get("seed") != a.seed:
+        raise UserError(f"{out} holds the demo of another toy seed; use another --out for --seed {a.seed}")
     local = argparse.Namespace(dry_run=False, no_wait=False, executor="local", partition=None, account=None,
                                qos=None, timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2)
     labels = (data / "labels" / "train.json", data / "labels" / "validation.json")
     templates = tuple(load_subset("toy")["templates"])
     for split, dest in ((0, "frames"), (1, "frames-val")):  # validation clips: held-out prompts for evaluation
-        print(f"\n== frames ({labels[split].stem}) ==")
+        print(f"\n== frames ({labels[split].stem}) == ({time.perf_counter() - t0:.0f} s in)")
         rc = run_frames(FramesConfig(labels=labels[split], videos=data / "videos", out=out / dest,
                                      templates=templates, shard_size=128), local)
         if rc:
             return rc
-    print("\n== vocab ==")
-    # Sentence mode: the toy captions differ in direction as well as object.
-    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="sentence"), local)
+    print(f"\n== vocab == ({time.perf_counter() - t0:.0f} s in)")
+    # Parts mode: the template's words drive the motion, the object's words the look.
+    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="parts"), local)
     if rc:
         return rc
-    print("\n== train ==")
+    print(f"\n== train == ({time.perf_counter() - t0:.0f} s in)")
     uri = default_uri(out)
     cache = out / "evaluators"
     cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
                        [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo",
-                        f"eval_every={a.steps // 2 if a.steps >= 30 else 0}", f"eval_data={out / 'frames-val'}",
+                        f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
+                        f"eval_data={out / 'frames-val'}",
                         f"eval_cache={cache}"])
     train_args = argparse.Namespace(**vars(local), nodes=1, tasks_per_node=1, gpus_per_node=0, tracking_server="auto")
     rc = run_train(cfg, train_args)
     if rc:
         return rc
-    print("\n== sample ==")
-    prompts = ["pushing red square from left to right",  # seen in training
-               "pushing red square from right to left",  # held out: a known object in a new direction
-               "moving yellow triangle up",  # held out: an object training never saw
-               "pushing purple square from left to right"]  # "purple" is in no caption: fastText subwords
+    print(f"\n== sample == ({time.perf_counter() - t0:.0f} s in)")
+    prompts = demo_prompts(json.loads((data / "toy_meta.json").read_text()), labels[0])
     meta = sample(out / "run", prompts, n=4, seed=0, out=out / "samples.gif")
-    print("\n== evaluate ==")
+    print(f"\n== evaluate == ({time.perf_counter() - t0:.0f} s in)")
     r = evaluate(EvalConfig(run_dir=out / "run", data=(out / "frames", out / "frames-val"), cache=cache,
                             steps=a.evaluator_steps, min_clips=a.min_clips))
     shutil.copyfile(out / "run" / "eval.json", out / "eval.json")

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .models import render
+from .text import tokenize
 
-EVALUATOR_VERSION = 2  # bump when the classifier or its training changes: old caches are then ignored
+EVALUATOR_VERSION = 3  # bump when the classifier or its training changes: old caches are then ignored
 
 
 @dataclass(frozen=True)
@@ -54,24 +56,44 @@ class EvalConfig:
 
 
 class Evaluator(nn.Module):
+    """Two views of a clip: a 3D CNN over the whole clip for the template (motion needs
+    time, not detail), and a 2D CNN over a few full-resolution frames for the object (at
+    32 px an object is ~12 px; pooling space early, as the 3D body does, loses the
+    corners that tell a circle from a square)."""
+
+    OBJECT_FRAMES = (0, 5, 10, 15)
+
     def __init__(self, n_templates: int, n_objects: int, ch: int = 16):
         super().__init__()
 
         def block(cin, cout):
             return [nn.Conv3d(cin, cout, 3, padding=1), nn.BatchNorm3d(cout), nn.ReLU(), nn.MaxPool3d(2)]
 
+        def block2d(cin, cout, pool):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()] \
+                + ([nn.MaxPool2d(2)] if pool else [])
+
         # Halving time and space at every block keeps it to seconds of CPU per hundred steps.
         self.body = nn.Sequential(*block(3, ch), *block(ch, 2 * ch), *block(2 * ch, 4 * ch),
                                   nn.Conv3d(4 * ch, 4 * ch, 3, padding=1), nn.ReLU())
+        self.frames = nn.Sequential(*block2d(3, ch, False), *block2d(ch, 2 * ch, True),
+                                    *block2d(2 * ch, 4 * ch, True), *block2d(4 * ch, 4 * ch, False))
         self.template = nn.Linear(4 * ch, n_templates)
         self.object = nn.Linear(4 * ch, n_objects)
 
+    def _views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, t, h, w = x.shape
+        idx = [min(i * t // 16, t - 1) for i in self.OBJECT_FRAMES]
+        frames = x[:, :, idx].transpose(1, 2).reshape(b * len(idx), c, h, w)
+        f_obj = self.frames(frames).mean((2, 3)).view(b, len(idx), -1).mean(1)  # B, 4ch
+        return self.body(x).mean((2, 3, 4)), f_obj
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mean((2, 3, 4))  # B, 4ch
+        return torch.cat(self._views(x), 1)  # B, 8ch
 
     def forward(self, x):
-        f = self.features(x)
-        return self.template(f), self.object(f)
+        f_t, f_o = self._views(x)
+        return self.template(f_t), self.object(f_o)
 
 
 def _object(placeholders: str) -> str:
@@ -140,10 +162,42 @@ def features(model, x: torch.Tensor, batch=128) -> np.ndarray:
     return torch.cat([model.features(x[i:i + batch]) for i in range(0, len(x), batch)]).double().numpy()
 
 
-def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
-    """The cached evaluator for cfg.data, trained here if the cache has none."""
+def _fit(x, t, o, tr, n_templates: int, n_objects: int, cfg: EvalConfig, progress: bool) -> nn.Module:
+    """Train the classifier on clips ``x[tr]`` from its own seeds: the caller's torch and
+    NumPy random streams are left as they were (training evaluates mid-run, and a resumed
+    run must draw the same numbers as a straight one)."""
     from tqdm import tqdm
 
+    rng = np.random.default_rng(cfg.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = Evaluator(n_templates, n_objects)
+        opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=cfg.steps)
+        model.train()
+        # Class-balanced batches: an object seen only in the validation split (a held-out one) has
+        # a few clips against dozens of its neighbour's, and would otherwise lose every close call.
+        freq = torch.bincount(o[tr], minlength=n_objects).float()
+        weight = 1 / freq[o[tr]]
+        for _ in tqdm(range(cfg.steps), desc="evaluator", unit="step", disable=not progress):
+            idx = tr[torch.multinomial(weight, min(32, len(tr)), replacement=True)]
+            xb = x[idx]
+            # Augment what a generator gets wrong but a class does not depend on:
+            # brightness, noise and a shift of a few pixels (never a flip: that reverses direction).
+            xb = xb * (1 + 0.2 * (torch.rand(len(xb), 1, 1, 1, 1) - 0.5)) + 0.05 * torch.randn_like(xb)
+            dy, dx = rng.integers(-3, 4, size=2)
+            xb = torch.roll(xb, (int(dy), int(dx)), (3, 4))
+            lt, lo = model(xb)
+            loss = F.cross_entropy(lt, t[idx]) + F.cross_entropy(lo, o[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model
+
+
+def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
+    """The cached evaluator for cfg.data, trained here if the cache has none."""
     df = __import__("pandas").concat([_rows(d) for d in cfg.data], ignore_index=True)
     df = df.drop_duplicates("id")
     counts = df["object"].value_counts()
@@ -168,25 +222,7 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     x = to_input(load_clips(df))
     val = torch.tensor(df["id"].map(_is_val).to_numpy(dtype=bool))
     tr = (~val).nonzero().squeeze(1)
-    torch.manual_seed(cfg.seed)
-    model = Evaluator(len(templates), len(objects))
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=cfg.steps)
-    model.train()
-    for _ in tqdm(range(cfg.steps), desc="evaluator", unit="step", disable=not progress):
-        idx = tr[torch.randint(len(tr), (min(32, len(tr)),))]
-        xb = x[idx]
-        # Augment what a generator gets wrong but a class does not depend on:
-        # brightness, noise and a shift of a few pixels (never a flip: that reverses direction).
-        xb = xb * (1 + 0.2 * (torch.rand(len(xb), 1, 1, 1, 1) - 0.5)) + 0.05 * torch.randn_like(xb)
-        dy, dx = np.random.randint(-3, 4, size=2)
-        xb = torch.roll(xb, (int(dy), int(dx)), (3, 4))
-        lt, lo = model(xb)
-        loss = F.cross_entropy(lt, t[idx]) + F.cross_entropy(lo, o[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+    model = _fit(x, t, o, tr, len(templates), len(objects), cfg, progress)
     model.eval()
     acc = _accuracy(model, x[val], t[val], o[val]) if val.any() else None
     state = {"model": model.state_dict(), "templates": templates, "objects": objects, "val_acc": acc,
@@ -247,6 +283,15 @@ def i3d_features(path: Path, x: torch.Tensor, batch: int = 8) -> np.ndarray:
 # ----------------------------------------------------------------------------- the stage
 
 
+def _kind(obj: str, placeholders, train_objects: set, train_words: set) -> str:
+    """How a held-out cell is new: "new_pair" (a seen object, a template it never had),
+    "new_object" (never seen, but every word of its name was), or "unreachable" (a word of
+    its name never occurs in training, so no model can know its look: a control)."""
+    if obj in train_objects:
+        return "new_pair"
+    return "new_object" if set(tokenize(" ".join(placeholders))) <= train_words else "unreachable"
+
+
 def prompts_for(train, ev: dict, data, max_prompts: int, seed: int):
     """Seen and held-out (template, placeholders, kind) prompts the evaluator can score;
     ``train``: the run's training manifest rows."""
@@ -258,6 +303,7 @@ def prompts_for(train, ev: dict, data, max_prompts: int, seed: int):
             ph.setdefault(r["object"], json.loads(r["placeholders"]))
     for _, r in train.iterrows():
         ph.setdefault(r["object"], json.loads(r["placeholders"]))
+    train_words = {w for t, o in pairs for w in tokenize(t.replace("[something]", " ") + " " + o)}
     seen, held = [], []
     for tmpl in ev["templates"]:
         if tmpl not in train_templates:
@@ -268,7 +314,7 @@ def prompts_for(train, ev: dict, data, max_prompts: int, seed: int):
             if (tmpl, obj) in pairs:
                 seen.append((tmpl, obj, "seen"))
             else:
-                held.append((tmpl, obj, "new_pair" if obj in train_objects else "new_object"))
+                held.append((tmpl, obj, _kind(obj, ph[obj], train_objects, train_words)))
     rng = np.random.default_rng(seed)
     pick = lambda xs: [xs[i] for i in sorted(rng.choice(len(xs), max_prompts, replace=False))] \
         if len(xs) > max_prompts else xs  # noqa: E731
@@ -282,8 +328,6 @@ def _device(name: str) -> torch.device:
 def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, progress: bool = True) -> dict:
     """All metrics for one generator; used by ``run`` and by training's eval_every."""
     from .labels import fill
-    from .sample import generate
-    from .vocab import condition_text
 
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
@@ -293,11 +337,10 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     if not seen:
         raise UserError("no prompt of the training data is known to the evaluator")
     prompts = seen + held
-    texts = [condition_text(vocab.info["mode"], fill(t, ph[o]), ph[o]) for t, o, _ in prompts]
-    cond = torch.from_numpy(np.stack([vocab.condition(s) for s in texts])).float()
+    cond = torch.from_numpy(vocab.conditions([fill(t, ph[o]) for t, o, _ in prompts])).float()
     was_training = G.training
     G.eval()
-    gen = generate(G, cond, cfg.samples, cfg.seed, device)  # P,n,3,T,H,W
+    gen = render(G, cond, cfg.samples, cfg.seed, device)  # P,n,3,T,H,W
     G.train(was_training)
     flat = gen.flatten(0, 1).to(device)
     pt, po = predict(model, flat)
@@ -328,6 +371,7 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
         "cond_acc_heldout": acc(["new_pair", "new_object"], ok_t & ok_o),
         "cond_acc_heldout_pairs": acc(["new_pair"], ok_t & ok_o),
         "cond_acc_heldout_objects": acc(["new_object"], ok_t & ok_o),
+        "cond_acc_unreachable": acc(["unreachable"], ok_t & ok_o),  # a control: never in cond_acc_heldout
         "template_acc_seen": acc(["seen"], ok_t), "object_acc_seen": acc(["seen"], ok_o),
         "template_acc_heldout": acc(["new_pair", "new_object"], ok_t),
         "object_acc_heldout": acc(["new_pair", "new_object"], ok_o),
@@ -348,14 +392,20 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     }
     if cfg.i3d:
         out["fvd_i3d"] = frechet(i3d_features(cfg.i3d, real_x.cpu()), i3d_features(cfg.i3d, flat[: len(seen_f)].cpu()))
-    out["prompts"] = [{"template": t, "object": o, "kind": k,
-                       "template_acc": float(ok_t[i * cfg.samples:(i + 1) * cfg.samples].float().mean()),
-                       "object_acc": float(ok_o[i * cfg.samples:(i + 1) * cfg.samples].float().mean())}
-                      for i, (t, o, k) in enumerate(prompts)]
+    cells = [{"template": t, "object": o, "kind": k,
+              "acc": float((ok_t & ok_o)[i * cfg.samples:(i + 1) * cfg.samples].float().mean()),
+              "template_acc": float(ok_t[i * cfg.samples:(i + 1) * cfg.samples].float().mean()),
+              "object_acc": float(ok_o[i * cfg.samples:(i + 1) * cfg.samples].float().mean())}
+             for i, (t, o, k) in enumerate(prompts)]
+    held_accs = [c["acc"] for c in cells if c["kind"] in ("new_pair", "new_object")]
+    out["min_cell_acc_heldout"] = min(held_accs) if held_accs else None
+    out["min_cell_acc_seen"] = min(c["acc"] for c in cells if c["kind"] == "seen")
+    out["prompts"] = cells  # per cell (template x object): accuracy and kind
     return out
 
 
 METRIC_KEYS = ("cond_acc_seen", "cond_acc_heldout", "cond_acc_heldout_pairs", "cond_acc_heldout_objects",
+               "cond_acc_unreachable", "min_cell_acc_heldout", "min_cell_acc_seen",
                "template_acc_seen", "object_acc_seen", "template_acc_heldout", "object_acc_heldout", "chance",
                "frechet", "frechet_real_halves", "diversity", "diversity_real", "evaluator_real_acc", "fvd_i3d")
 
@@ -371,6 +421,9 @@ def table(r: dict) -> str:
         f"{'cond. accuracy, held-out':28}{f(r['cond_acc_heldout']):>16}{f(r['template_acc_heldout']):>10}"
         f"{f(r['object_acc_heldout']):>10}",
         f"{'  new pairs / new objects':28}{f(r['cond_acc_heldout_pairs']) + ' / ' + f(r['cond_acc_heldout_objects']):>16}",
+        f"{'  worst held-out cell':28}{f(r.get('min_cell_acc_heldout')):>16}",
+        f"{'unreachable (control)':28}{f(r.get('cond_acc_unreachable')):>16}   (an object named by a word "
+        "training never saw)",
         f"{'chance':28}{f(r['chance']):>16}{f(r['chance_template']):>10}{f(r['chance_object']):>10}",
         f"{'evaluator on real val clips':28}{f(r['evaluator_real_acc']):>16}{f(r['evaluator_real_acc_template']):>10}"
         f"{f(r['evaluator_real_acc_object']):>10}   (the ceiling)",
@@ -380,6 +433,70 @@ def table(r: dict) -> str:
     if "fvd_i3d" in r:
         lines.append(f"FVD (user-supplied I3D) {f(r['fvd_i3d'])}")
     return "\n".join(lines)
+
+
+KIND_MARK = {"seen": "", "new_pair": "P", "new_object": "O", "unreachable": "U"}
+
+
+def _grid(cells):
+    templates = sorted({c["template"] for c in cells})
+    objects = sorted({c["object"] for c in cells})
+    at = {(c["template"], c["object"]): c for c in cells}
+    return templates, objects, at
+
+
+def short_template(t: str) -> str:
+    return t.replace("[something]", "...").replace("Pushing ... from ", "push ").replace("Moving ... ", "move ")
+
+
+def cell_table(r: dict) -> str:
+    """Per-cell joint accuracy, objects x templates; P/O/U mark held-out pairs, held-out
+    objects and the unreachable control."""
+    templates, objects, at = _grid(r["prompts"])
+    w = max(len(o) for o in objects) + 2
+    lines = [" " * w + "".join(f"{short_template(t)[:16]:>18}" for t in templates)]
+    for o in objects:
+        cols = []
+        for t in templates:
+            c = at.get((t, o))
+            cols.append("" if c is None else f"{c['acc']:.2f} {KIND_MARK[c['kind']]:1}")
+        lines.append(f"{o:<{w}}" + "".join(f"{x:>18}" for x in cols))
+    lines.append("P: held-out pair, O: held-out object, U: unreachable control (not in held-out accuracy)")
+    return "\n".join(lines)
+
+
+def write_heatmap(r: dict, path: Path) -> Path:
+    """A PNG of per-cell accuracy: objects x templates, held-out cells outlined and lettered."""
+    import matplotlib  # heavy and only needed here
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    templates, objects, at = _grid(r["prompts"])
+    acc = np.full((len(objects), len(templates)), np.nan)
+    for (t, o), c in at.items():
+        acc[objects.index(o), templates.index(t)] = c["acc"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(templates) + 2.5, 0.38 * len(objects) + 1.6), dpi=100)
+    im = ax.imshow(acc, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    colours = {"new_pair": "#ff4d4d", "new_object": "#ff9f1a", "unreachable": "#bbbbbb"}
+    for (t, o), c in at.items():
+        y, x = objects.index(o), templates.index(t)
+        ax.text(x, y, f"{c['acc']:.2f}{' ' + KIND_MARK[c['kind']] if c['kind'] != 'seen' else ''}", ha="center",
+                va="center", fontsize=8, color="white" if c["acc"] < 0.6 else "black")
+        if c["kind"] in colours:
+            ax.add_patch(plt.Rectangle((x - 0.48, y - 0.46), 0.96, 0.92, fill=False, lw=2, ec=colours[c["kind"]]))
+    ax.set_xticks(range(len(templates)), [short_template(t) for t in templates], fontsize=8)
+    ax.set_yticks(range(len(objects)), objects, fontsize=8)
+    ax.set_title(f"step {r['step']}: template+object accuracy per cell\n"
+                 "outlined: held-out pair P (red), held-out object O (orange), unreachable U (grey)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None = None) -> str | None:
@@ -404,6 +521,8 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
                                           if r.get(k) is not None])
         if eval_json:
             client.log_artifact(run_id, str(eval_json), "eval")
+        if r.get("heatmap"):
+            client.log_artifact(run_id, r["heatmap"], "eval")
         return run_id
     except Exception as e:  # noqa: BLE001
         print(f"warning: could not log to MLflow ({type(e).__name__}: {str(e)[:200]})", file=sys.stderr)
@@ -436,6 +555,7 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict:
     g = load_generator(run_dir, cfg.checkpoint, _device(cfg.device))
     r = evaluate_generator(g.G, g.step, run_cfg, g.vocab, cfg, progress)
     r.update(checkpoint=str(g.checkpoint), run_dir=str(run_dir), data=[str(d) for d in cfg.data])
+    r["heatmap"] = str(write_heatmap(r, run_dir / "eval_heatmap.png"))
     path = run_dir / "eval.json"
     tmp = path.with_name(f".eval.json.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(r, indent=1))

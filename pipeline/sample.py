@@ -8,6 +8,7 @@ its vector from the kept fastText model's subwords.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .models import render
 
 
 @dataclass
@@ -64,32 +66,29 @@ def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
         state = read_checkpoint(path)
     cfg = state["config"]
     vocab = Vocab(cfg["vocab"])
-    G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"])
+    G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"],
+                  vocab.parts, cfg.get("g_conv", "3d") == "2+1d")
     G.load_state_dict(state["G_ema"])
     return Loaded(G.to(device).eval(), int(state["step"]), path, cfg, vocab)
 
 
 def conditions(vocab, texts) -> torch.Tensor:
-    """Prompts -> (P, C) condition vectors; empty or punctuation-only prompts are refused."""
-    out = []
-    for t in texts:
-        if not t or not t.strip():
-            raise UserError("an empty prompt has nothing to condition on")
-        out.append(vocab.condition(t))  # raises a UserError for text without words
-    return torch.from_numpy(np.stack(out)).float()
+    """Prompts -> (P, C) float conditions through the vocab's one prompt -> condition path."""
+    return torch.from_numpy(vocab.conditions(texts)).float()
 
 
-@torch.no_grad()
-def generate(G, cond: torch.Tensor, n: int, seed: int, device="cpu", batch: int = 64) -> torch.Tensor:
-    """(P, n, 3, T, H, W) in [-1, 1]; sample j of prompt p uses noise from (seed, j) only,
-    so adding prompts or batching differently never changes a clip."""
-    noise = torch.stack([torch.randn(G.frames, G.z_dim, generator=torch.Generator().manual_seed(seed * 100_003 + j))
-                         for j in range(n)])  # n,T,Z
-    c = cond.repeat_interleave(n, 0)
-    z = noise.repeat(cond.shape[0], 1, 1)
-    outs = [G(c[i:i + batch].to(device), z[i:i + batch].to(device)).cpu() for i in range(0, len(c), batch)]
-    x = torch.cat(outs)
-    return x.view(cond.shape[0], n, *x.shape[1:])
+def write_h5(clips: np.ndarray, texts, out: Path) -> Path:
+    """Raw clips for anyone's own classifier: ``videos`` uint8 (P, n, T, H, W, 3) and
+    ``prompts`` (P,) strings in --text order."""
+    import h5py
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("videos", data=clips, dtype=np.uint8)
+        f.create_dataset("prompts", data=list(texts), dtype=h5py.string_dtype())
+    os.replace(tmp, out)
+    return out
 
 
 def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpoint=None) -> dict:
@@ -100,18 +99,20 @@ def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpo
         raise UserError("give at least one --text")
     if n < 1:
         raise UserError("--n must be >= 1")
+    out = Path(out)
+    if out.suffix and out.suffix.lower() not in (".gif", ".mp4", ".h5"):
+        raise UserError(f"--out {out}: use a .gif, .mp4 or .h5 file, or a directory")
     g = load_generator(run_dir, checkpoint)
     cond = conditions(g.vocab, texts)
-    clips = to_uint8(generate(g.G, cond, n, seed))
-    out = Path(out)
-    if out.suffix.lower() in (".gif", ".mp4"):
-        if out.is_dir():
-            raise UserError(f"--out {out} is a directory; give a file name or a directory without an extension")
-        paths = [write(grid(clips), out)]
+    clips = to_uint8(render(g.G, cond, n, seed))  # P,n,T,H,W,3
+    if out.suffix and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name or a directory without an extension")
+    if not out.suffix and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give FILE.gif, FILE.mp4, FILE.h5 or a directory")
+    if out.suffix.lower() == ".h5":
+        paths = [write_h5(clips, texts, out)]
     elif out.suffix:
-        raise UserError(f"--out {out}: use a .gif or .mp4 file, or a directory")
-    elif out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give FILE.gif, FILE.mp4 or a directory")
+        paths = [write(grid(clips), out)]
     else:
         paths = [write(grid(clips), out / f"samples.{ext}") for ext in ("gif", "mp4")]
     meta = {"run_dir": str(run_dir), "checkpoint": str(g.checkpoint), "step": g.step, "seed": seed, "n": n,

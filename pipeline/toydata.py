@@ -34,21 +34,37 @@ TEMPLATES = {
     "show": "Showing [something] to the camera",  # a distractor for --templates
 }
 DIRECTIONS = ("ltr", "rtl", "up", "down")
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
-SKIN = (224, 172, 140)  # the pushing "hand"
+COLOURS = {"red": (225, 30, 30), "green": (30, 175, 50), "blue": (35, 70, 230), "yellow": (250, 215, 20)}
+SKIN = (235, 180, 150)  # the pushing "hand"
 SHAPES = ("square", "circle", "triangle")
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGITS = ("zero", "one", "four", "seven")  # glyphs that stay distinct at 32 px
 OBJECTS = [f"{c} {s}" for c in COLOURS for s in SHAPES] + [f"digit {d}" for d in DIGITS]
-# Never in train: a reversed direction for some objects, and two new objects
-# whose words are all known from other objects (the seed README's suggestion).
-HELDOUT_PAIRS = [("red square", "rtl"), ("blue circle", "up"), ("green triangle", "down"),
-                 ("digit three", "rtl"), ("digit seven", "ltr"), ("yellow circle", "down")]
-HELDOUT_OBJECTS = ["yellow triangle", "digit eight"]
 SHOW_SHARE = 0.1
+VAL_SHARE = 0.25  # of all clips; two thirds of them show held-out cells, so the evaluator learns them
+N_HELDOUT_PAIRS = 6
+N_HELDOUT_OBJECTS = 2
 
 
-def _is_heldout(obj: str, d: str) -> bool:
-    return obj in HELDOUT_OBJECTS or (obj, d) in HELDOUT_PAIRS
+def heldout_sets(seed: int) -> dict:
+    """The held-out cells of toy seed ``seed``; a different draw for every seed.
+
+    - ``heldout_pairs``: a seen object with a direction it never has in train;
+    - ``heldout_objects``: a colour + shape composition never in train, whose colour and
+      shape are each seen with other partners (so its name says what it looks like);
+    - ``unreachable``: a digit never in train: its glyph can't be known from its name.
+      A control, never counted in held-out accuracy.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    unreachable = [f"digit {DIGITS[rng.integers(len(DIGITS))]}"]
+    # Held-out compositions in distinct rows and columns of the colour x shape grid, so every
+    # colour and every shape keeps partners in train.
+    colours = rng.permutation(list(COLOURS))[:N_HELDOUT_OBJECTS]
+    shapes = rng.permutation(SHAPES)[:N_HELDOUT_OBJECTS]
+    objects = [f"{c} {s}" for c, s in zip(colours.tolist(), shapes.tolist())]
+    seen = [o for o in OBJECTS if o not in objects and o not in unreachable]
+    picks = rng.permutation(len(seen))[:N_HELDOUT_PAIRS]  # distinct objects, one held-out direction each
+    pairs = [(seen[i], DIRECTIONS[rng.integers(len(DIRECTIONS))]) for i in sorted(picks)]
+    return {"heldout_pairs": pairs, "heldout_objects": objects, "unreachable": unreachable}
 
 
 @functools.cache
@@ -60,34 +76,40 @@ def _digits() -> np.ndarray:
     return np.stack([data.images[np.flatnonzero(data.target == k)[0]] / 16.0 for k in range(10)])
 
 
-def _mask(obj: str, s: int, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Alpha (s,s) and colour image (s,s,3) of an object of side ``s`` px."""
-    yy, xx = (np.mgrid[0:s, 0:s] + 0.5) / s * 2 - 1  # [-1, 1]
+_DIGIT_INDEX = {"zero": 0, "one": 1, "four": 4, "seven": 7}
+
+
+def _mask(obj: str, s: int, digits: np.ndarray, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alpha (s,w) and colour image (s,w,3) of an object ``s`` px high (``w`` wide, default s)."""
+    w = width or s
+    yy, xx = np.mgrid[0:s, 0:w].astype(float)
+    yy, xx = (yy + 0.5) / s * 2 - 1, (xx + 0.5) / w * 2 - 1  # [-1, 1]
     if obj.startswith("digit "):
-        img = digits[DIGITS.index(obj.split()[1])]
-        idx = np.minimum((np.arange(s) * 8) // s, 7)
-        ink = img[idx][:, idx]
-        rgb = np.empty((s, s, 3))
+        img = digits[_DIGIT_INDEX[obj.split()[1]]]
+        iy, ix = np.minimum((np.arange(s) * 8) // s, 7), np.minimum((np.arange(w) * 8) // w, 7)
+        ink = np.clip(img[iy][:, ix] * 1.6, 0, 1)  # bold: the glyph must survive a 32 px downscale
+        rgb = np.empty((s, w, 3))
         rgb[:] = (250, 250, 245)  # a white card ...
-        rgb -= ink[..., None] * np.array([230, 220, 170])  # ... with dark-blue ink
-        return np.ones((s, s)), rgb
+        rgb -= ink[..., None] * np.array([240, 235, 200])  # ... with dark-blue ink
+        return np.ones((s, w)), rgb
     colour, shape = obj.split()
+    # Corners are what tell a square from a circle at 32 px: a full square, a round circle.
     if shape == "square":
-        alpha = (np.abs(xx) < 0.8) & (np.abs(yy) < 0.8)
+        alpha = (np.abs(xx) < 0.92) & (np.abs(yy) < 0.92)
     elif shape == "circle":
-        alpha = xx**2 + yy**2 < 0.85
+        alpha = xx**2 + yy**2 < 0.8
     else:
-        alpha = (yy < 0.8) & (yy > 1.9 * np.abs(xx) - 0.9)
-    rgb = np.empty((s, s, 3))
+        alpha = (yy < 0.85) & (yy > 1.9 * np.abs(xx) - 0.95)
+    rgb = np.empty((s, w, 3))
     rgb[:] = COLOURS.get(colour, SKIN)
     return alpha.astype(float), rgb
 
 
 def _paste(frame: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, cx: float, cy: float) -> None:
     h, w = frame.shape[:2]
-    s = alpha.shape[0]
-    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
-    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
+    sh, sw = alpha.shape
+    x0, y0 = int(round(cx - sw / 2)), int(round(cy - sh / 2))
+    fx0, fy0, fx1, fy1 = max(x0, 0), max(y0, 0), min(x0 + sw, w), min(y0 + sh, h)
     if fx0 >= fx1 or fy0 >= fy1:
         return
     a = alpha[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0, None]
@@ -96,40 +118,45 @@ def _paste(frame: np.ndarray, alpha: np.ndarray, rgb: np.ndarray, cx: float, cy:
 
 
 def render(obj: str, action: str, rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
-    """Frames (T,H,W,3) uint8 of ``obj`` doing ``action`` (a TEMPLATES key)."""
-    h = int(rng.integers(48, 121)) * 2
-    w = int(round(h * rng.uniform(1.2, 1.8) / 2)) * 2
-    t = int(rng.integers(2 * FPS, 5 * FPS + 1))
-    # Background: a tinted table top with a soft gradient and fixed grain.
-    base = rng.uniform(150, 215, size=3)
-    grad = np.linspace(-18, 18, h)[:, None, None] * rng.choice([-1, 1])
-    grain = rng.normal(0, 4, size=(h, w, 1))
+    """Frames (T,H,W,3) uint8 of ``obj`` doing ``action`` (a TEMPLATES key).
+
+    Built to be recognisable after ``t2v frames`` squashes it to 32x32: a plain table top,
+    an object about 40% of the frame high (drawn wider by the frame's aspect, so it is
+    square after the squash), and a motion across most of the frame.
+    """
+    h = int(rng.integers(48, 81)) * 2  # 96-160 px
+    aspect = rng.uniform(1.25, 1.6)
+    w = int(round(h * aspect / 2)) * 2
+    t = int(rng.integers(2 * FPS, 4 * FPS + 1))
+    base = rng.uniform(120, 165) + rng.uniform(-12, 12, size=3)  # a grey table top, slightly tinted
+    grad = np.linspace(-8, 8, h)[:, None, None] * rng.choice([-1, 1])
+    grain = rng.normal(0, 2, size=(h, w, 1))
     bg = np.clip(base + grad + grain, 0, 255)
-    s = int(h * rng.uniform(0.25, 0.35))
-    alpha, rgb = _mask(obj, s, digits)
-    hand_a, hand_rgb = _mask("hand circle", int(s * 0.8), digits)
-    # Eased motion between random start/end points along the caption's axis.
+    s = int(h * rng.uniform(0.40, 0.46))
+    sw = int(round(s * aspect))
+    alpha, rgb = _mask(obj, s, digits, sw)
+    hand_a, hand_rgb = _mask("hand circle", int(s * 0.6), digits, int(s * 0.6 * aspect))
     p = np.linspace(0, 1, t)
-    p = p * p * (3 - 2 * p)
-    lo, hi = rng.uniform(0.12, 0.25), rng.uniform(0.75, 0.88)
-    cross = rng.uniform(0.4, 0.6)
+    p = p * p * (3 - 2 * p)  # eased
+    lo, hi = rng.uniform(0.17, 0.24), rng.uniform(0.76, 0.83)
+    cross = rng.uniform(0.42, 0.58)
     frames = np.empty((t, h, w, 3), np.uint8)
     for i in range(t):
         f = bg.copy()
-        size = s
+        size = 1.0
         if action in ("ltr", "rtl"):
             u = lo + (hi - lo) * (p[i] if action == "ltr" else 1 - p[i])
             cx, cy = u * w, cross * h
-            hx, hy = cx + (-1 if action == "ltr" else 1) * s * 0.75, cy
+            hx, hy = cx + (-1 if action == "ltr" else 1) * sw * 0.7, cy
         elif action in ("up", "down"):
             u = lo + (hi - lo) * (1 - p[i] if action == "up" else p[i])
             cx, cy = cross * w, u * h
-            hx, hy = cx, cy + (1 if action == "up" else -1) * s * 0.75
+            hx, hy = cx, cy + (1 if action == "up" else -1) * s * 0.7
         else:  # show: the object comes closer to the camera
-            size = int(s * (1 + 0.8 * p[i]))
+            size = 1 + 0.6 * p[i]
             cx, cy = w / 2, h / 2
-            hx, hy = cx, cy + size * 0.6
-        a, c = (alpha, rgb) if size == s else _mask(obj, size, digits)
+            hx, hy = cx, cy + s * size * 0.6
+        a, c = (alpha, rgb) if size == 1.0 else _mask(obj, int(s * size), digits, int(sw * size))
         _paste(f, hand_a, hand_rgb, hx, hy)
         _paste(f, a, c, cx, cy)
         frames[i] = f.astype(np.uint8)
@@ -141,7 +168,7 @@ def encode_webm(frames: np.ndarray, path: Path, fps: int = FPS) -> None:
     t, h, w, _ = frames.shape
     cmd = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
            "-r", str(fps), "-i", "-", "-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-b:v", "0",
-           "-crf", "36", "-deadline", "realtime", "-cpu-used", "8", "-threads", "1", str(path)]
+           "-crf", "32", "-deadline", "realtime", "-cpu-used", "8", "-threads", "1", str(path)]
     try:
         subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
     except FileNotFoundError:
@@ -155,6 +182,39 @@ def _make_clip(job) -> None:
     encode_webm(render(obj, act, np.random.default_rng([seed, k]), _digits()), path)
 
 
+def _plan(videos: int, seed: int) -> tuple[list, dict]:
+    """(id, split, object, action) per clip, and the held-out sets.
+
+    Train cycles through the seen cells, so every seen cell has about the same number of
+    clips. Validation cycles through every cell, held-out ones twice as often, so the
+    evaluator sees each held-out cell and keeps held-back clips of it."""
+    held = heldout_sets(seed)
+    never = set(held["heldout_objects"]) | set(held["unreachable"])
+    pairs = {tuple(p) for p in held["heldout_pairs"]}
+    cells = [(o, d) for o in OBJECTS for d in DIRECTIONS]
+    seen = [c for c in cells if c[0] not in never and c not in pairs]
+    heldout = [c for c in cells if c[0] in never or c in pairs]
+    rng = np.random.default_rng(seed)
+    n_val = max(2, round(VAL_SHARE * videos))
+    ids = rng.choice(np.arange(10_000, 1_000_000), size=videos, replace=False)
+    seen_order = [seen[i] for i in rng.permutation(len(seen))]
+    val_order = [heldout[i] for i in rng.permutation(len(heldout))]
+    val_order = [c for pair in zip(val_order, val_order) for c in pair] + seen_order  # held-out twice
+    plan = []
+    for i in range(videos):
+        split = "validation" if i >= videos - n_val else "train"
+        if rng.random() < SHOW_SHARE:
+            obj, act = OBJECTS[rng.integers(len(OBJECTS))], "show"
+            if split == "train" and obj in never:
+                obj = seen[rng.integers(len(seen))][0]
+        elif split == "train":
+            obj, act = seen_order[i % len(seen_order)]
+        else:
+            obj, act = val_order[(i - (videos - n_val)) % len(val_order)]
+        plan.append((str(ids[i]), split, obj, act))
+    return plan, held
+
+
 def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True, workers: int = 0) -> dict:
     """``workers``: processes rendering and encoding (0: one per CPU)."""
     if videos < 4:
@@ -162,21 +222,7 @@ def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True, worke
     out = Path(out)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    seen = [(o, d) for o in OBJECTS for d in DIRECTIONS if not _is_heldout(o, d)]
-    heldout = [(o, d) for o in OBJECTS for d in DIRECTIONS if _is_heldout(o, d)]
-    n_val = max(2, round(0.2 * videos))
-    ids = rng.choice(np.arange(10_000, 1_000_000), size=videos, replace=False)
-    plan = []
-    for i in range(videos):
-        split = "validation" if i >= videos - n_val else "train"
-        if rng.random() < SHOW_SHARE:
-            obj, act = OBJECTS[rng.integers(len(OBJECTS))], "show"
-        elif split == "validation" and i % 2 == 0:
-            obj, act = heldout[rng.integers(len(heldout))]
-        else:
-            obj, act = seen[rng.integers(len(seen))]
-        plan.append((str(ids[i]), split, obj, act))
+    plan, held = _plan(videos, seed)
     labels = {"train": [], "validation": []}
     jobs = [(k, seed, obj, act, out / "videos" / f"{vid}.webm") for k, (vid, _, obj, act) in enumerate(plan)]
     # Each clip depends only on (seed, k): any number of workers writes the same files.
@@ -194,8 +240,9 @@ def make_toy(out, videos: int = 200, seed: int = 0, progress: bool = True, worke
         (out / "labels" / f"{split}.json").write_text(json.dumps(rows, indent=1))
     meta = {"seed": seed, "videos": videos, "fps": FPS, "objects": OBJECTS,
             "templates": {k: v for k, v in TEMPLATES.items()},
-            "heldout_pairs": [[o, TEMPLATES[d]] for o, d in HELDOUT_PAIRS],
-            "heldout_objects": HELDOUT_OBJECTS,
+            "heldout_pairs": [[o, TEMPLATES[d]] for o, d in held["heldout_pairs"]],
+            "heldout_objects": held["heldout_objects"],
+            "unreachable": held["unreachable"],
             "counts": {k: len(v) for k, v in labels.items()}}
     (out / "toy_meta.json").write_text(json.dumps(meta, indent=1))
     return meta

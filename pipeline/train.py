@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import dist, rundir
+from .augment import augment
+from .models import render
 from .config import to_dict
 from .errors import UserError
 
@@ -52,6 +54,11 @@ class TrainConfig:
     gp_weight: float = 100.0  # zero-centred GP on interpolates (arXiv 1902.03984)
     gp_every: int = 1  # >1: lazy GP (StyleGAN2), every N-th D step with weight x N
     loss: Literal["bce", "hinge"] = "bce"
+    # The mismatch term's text for a real clip: "roll" = another clip's caption (the original);
+    # "hard" = the same caption with only the template or only the object swapped, so D must
+    # check each part (needs a `parts` vocab for the split, else it falls back to roll).
+    mismatch: Literal["roll", "hard"] = "roll"
+    augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # Model.
     frames: int = 16
@@ -60,6 +67,7 @@ class TrainConfig:
     gru_dim: int = 256
     g_ch: int = 32
     d_ch: int = 32
+    g_conv: Literal["3d", "2+1d"] = "3d"  # the generator's up-block convolutions (2+1d: space, then time)
     img_frames: int = 4  # frames the image discriminator scores per clip
     # Speed.
     amp: bool = False  # bf16 autocast, CUDA only
@@ -204,6 +212,13 @@ def _shard_attrs(data: Path) -> dict:
         return json.loads(f.attrs["config"])
 
 
+def _plain_default(v):
+    """A field default as config.json stores it (tuples as lists, paths as strings)."""
+    if isinstance(v, tuple):
+        return [_plain_default(x) for x in v]
+    return str(v) if isinstance(v, Path) else v
+
+
 def check(cfg: TrainConfig, world: int = 1) -> dict:
     """Everything that can be wrong before a job starts (and before anything is written to the
     run dir, so a refused run leaves nothing behind); returns what the plan prints."""
@@ -244,11 +259,16 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if saved.exists() and checkpoint_paths(cfg.run_dir):  # with no checkpoint there is no run to keep
         old = json.loads(saved.read_text())
         new = to_dict(cfg)
+        # A key the saved config lacks was added to the code since: it had its default then.
+        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+        old = {k: _plain_default(defaults[k]) for k in new if k not in old and k in defaults} | old
         diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
         if diff:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
                             "use a new --run-dir")
-    return {"clips": len(data), "cond_dim": vocab.cond_dim, "mode": vocab.info["mode"], "data": data}
+    augment_policy(cfg.augment)
+    return {"clips": len(data), "cond_dim": vocab.cond_dim, "mode": vocab.info["mode"], "data": data,
+            "parts": vocab.parts}
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -358,6 +378,37 @@ def gradient_penalty(D, real, fake, cond) -> torch.Tensor:
     return g.pow(2).flatten(1).sum(1).mean()
 
 
+def augment_policy(policy: str) -> tuple[str, ...]:
+    from .augment import parse
+
+    try:
+        return parse(policy)
+    except ValueError as e:
+        raise UserError(f"augment: {e}") from None
+
+
+def _swap(block: torch.Tensor) -> torch.Tensor:
+    """For each row, the block of a random other row whose block differs (itself if none does)."""
+    differs = (block[:, None] - block[None]).abs().amax(-1) > 1e-6  # B,B
+    score = torch.rand(differs.shape, device=block.device) + differs.float()  # differing rows first
+    return block[score.argmax(1)]
+
+
+def mismatched(cond: torch.Tensor, kind: str, parts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wrong text for real clips: (for the video D, for the image D).
+
+    "hard" keeps one part and swaps the other: half the batch gets another template with its
+    own object, half another object with its own template. The image D sees only the object
+    words, so it always gets the swapped object."""
+    if kind == "roll" or not parts:
+        return cond.roll(1, 0), cond.roll(1, 0)
+    t, o = cond[:, :parts[0]], cond[:, parts[0]:]
+    other_t, other_o = _swap(t), _swap(o)
+    half = (torch.arange(len(cond), device=cond.device) % 2 == 0)[:, None]
+    vid = torch.where(half, torch.cat([other_t, o], 1), torch.cat([t, other_o], 1))
+    return vid, torch.cat([t, other_o], 1)
+
+
 class GAN:
     """Models, optimizers and one training step (Dmain+Dreg x d_steps, then Gmain).
 
@@ -365,14 +416,16 @@ class GAN:
     times the same method.
     """
 
-    def __init__(self, cfg: TrainConfig, cond_dim: int, device):
+    def __init__(self, cfg: TrainConfig, cond_dim: int, device, cond_parts=None):
         from .models import Generator, ImageD, VideoD
 
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.cond_parts = cfg, device, cond_parts
+        self.policy = augment_policy(cfg.augment)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        make_g = lambda: Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim)  # noqa: E731
+        make_g = lambda: Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim,  # noqa: E731
+                                   cond_parts, cfg.g_conv == "2+1d")
         self.G, self.G_ema = make_g().to(device), make_g().to(device).eval()
-        self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames).to(device)
+        self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size).to(device)
         self.G_ema.load_state_dict(self.G.state_dict())
         if cfg.channels_last:  # only 5D conv weights have a channels-last layout
@@ -406,9 +459,11 @@ class GAN:
             real, cond = next_batch()
             with torch.no_grad(), amp:
                 fake = self.G_train(cond, G.noise(real.shape[0], self.device))
-            mism = cond.roll(1, 0)  # real clip, someone else's text
+            mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts)  # real clip, wrong text
+            if self.policy:
+                real, fake = augment(real, self.policy), augment(fake, self.policy)
             loss = 0.0
-            for D, name in ((self.D_img, "gp_img"), (self.D_vid, "gp_vid")):
+            for D, name, mism in ((self.D_img, "gp_img", mism_img), (self.D_vid, "gp_vid", mism_vid)):
                 with amp:
                     real_l, mism_l, fake_l = D(real, cond), D(real, mism), D(fake, cond)
                     gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
@@ -426,6 +481,8 @@ class GAN:
             p.requires_grad_(False)
         with amp:
             fake = self.G_train(cond, G.noise(cond.shape[0], self.device))
+            if self.policy:
+                fake = augment(fake, self.policy)
             lg = g_loss(self.D_img(fake, cond).float(), cfg.loss) + g_loss(self.D_vid(fake, cond).float(), cfg.loss)
         self.opt_G.zero_grad(set_to_none=True)
         lg.backward()
@@ -462,22 +519,11 @@ def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[
 
 
 def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
+    """(template, object, held_out) rows -> conditions, through the same path as `t2v sample`."""
     from .labels import fill
-    from .vocab import Vocab, condition_text
+    from .vocab import Vocab
 
-    v = Vocab(vocab_dir)
-    vecs = [v.condition(condition_text(v.info["mode"], fill(t, [o]), [o])) for t, o, _ in prompts]
-    return torch.from_numpy(np.stack(vecs)).float()
-
-
-@torch.no_grad()
-def render_clips(G, cond: torch.Tensor, samples: int, seed: int, device) -> torch.Tensor:
-    """(P, S, 3, T, H, W) clips from fixed noise, without touching the global RNG."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    p = cond.shape[0]
-    noise = torch.randn(p * samples, G.frames, G.z_dim, generator=gen).to(device)
-    out = G(cond.to(device).repeat_interleave(samples, 0), noise)
-    return out.view(p, samples, *out.shape[1:])
+    return torch.from_numpy(Vocab(vocab_dir).conditions([fill(t, [o]) for t, o, _ in prompts])).float()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -519,7 +565,7 @@ def run(cfg: TrainConfig) -> dict:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1, sort_keys=True))
     dist.barrier()
 
-    gan = GAN(cfg, info["cond_dim"], device)
+    gan = GAN(cfg, info["cond_dim"], device, info["parts"])
     cdim = info["cond_dim"]
 
     # Resume or start.
@@ -603,7 +649,7 @@ def run(cfg: TrainConfig) -> dict:
             return
         from .clips import grid, to_uint8, write
 
-        videos = to_uint8(render_clips(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
+        videos = to_uint8(render(gan.G_ema, prompt_cond, cfg.clip_samples, cfg.seed, device))
         g = grid(videos)
         for ext in ("gif", "mp4"):
             p = write(g, run_dir / "clips" / f"step_{step_now:06d}.{ext}")
@@ -616,7 +662,7 @@ def run(cfg: TrainConfig) -> dict:
     def evaluate(step_now: int) -> None:
         if not env.main:
             return
-        from .evaluate import EvalConfig, evaluate_generator
+        from .evaluate import EvalConfig, evaluate_generator, write_heatmap
         from .vocab import Vocab
 
         ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
@@ -624,8 +670,12 @@ def run(cfg: TrainConfig) -> dict:
                           cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
         r = evaluate_generator(gan.G_ema, step_now, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
         tracker.metrics(step_now, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
-        print(f"step {step_now} eval: cond_acc_seen={r['cond_acc_seen']:.3f} (chance {r['chance']:.3f}) "
-              f"frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
+        heat = write_heatmap(r, run_dir / "eval" / f"heatmap_step_{step_now:06d}.png")
+        tracker.artifact(heat, "eval")
+        with open(run_dir / "eval" / "curve.jsonl", "a") as f:  # the learning curve, one line per evaluation
+            f.write(json.dumps({k: r[k] for k in ("step", *EVAL_METRICS) if k in r}) + "\n")
+        print(f"step {step_now} eval: cond_acc_seen={r['cond_acc_seen']:.3f} heldout={r['cond_acc_heldout'] or 0:.3f} "
+              f"(chance {r['chance']:.3f}) frechet={r['frechet']:.3g}", file=sys.stderr, flush=True)
 
     tick = dict.fromkeys(("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "n"), 0.0)
     t_tick = time.perf_counter()
@@ -664,7 +714,7 @@ def run(cfg: TrainConfig) -> dict:
             clips(step)
             export = run_dir / "generator.pt"
             torch.save({"G_ema": gan.G_ema.state_dict(), "step": step, "config": to_dict(cfg), "cond_dim": cdim,
-                        "prompts": prompts}, export)
+                        "cond_parts": info["parts"], "prompts": prompts}, export)
             tracker.artifact(export, "model", cfg.max_artifact_mb)
             latest = checkpoint_paths(run_dir)
             if latest:
@@ -693,7 +743,9 @@ def run(cfg: TrainConfig) -> dict:
             "rank_digests": digests, "mlflow_run_id": run_id, "rank_run_ids": run_ids}
 
 
-EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "template_acc_seen", "object_acc_seen", "frechet", "diversity")
+EVAL_METRICS = ("cond_acc_seen", "cond_acc_heldout", "cond_acc_heldout_pairs", "cond_acc_heldout_objects",
+                "cond_acc_unreachable", "min_cell_acc_heldout", "template_acc_seen", "object_acc_seen", "frechet",
+                "diversity", "evaluator_real_acc")
 
 
 def param_digest(*modules) -> str:

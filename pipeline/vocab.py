@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import numpy as np
 from .config import to_dict
 from .errors import UserError
 from .fasttext_bin import MAGIC, FastTextBin
-from .labels import read_labels
+from .labels import SLOT, read_labels
 from .text import tokenize
 
 PAD = "<pad>"
@@ -41,7 +42,7 @@ PAD = "<pad>"
 class VocabConfig:
     labels: tuple[Path, ...]
     out: Path
-    mode: Literal["object", "sentence"] = "object"
+    mode: Literal["object", "sentence", "parts"] = "object"
     pretrained: Optional[Path] = None
     dim: Optional[int] = None  # training default 50; if given with --pretrained it must match
     corpus: tuple[Path, ...] = ()
@@ -70,7 +71,7 @@ def condition_text(mode: str, label: str, placeholders) -> str:
 
 
 def condition_vector(vectors: np.ndarray, mode: str) -> np.ndarray:
-    """Word vectors (L,D) -> the condition the GAN sees.
+    """Word vectors (L,D) -> the condition the GAN sees (``object``/``sentence`` modes).
 
     ``object``: their mean (the original). ``sentence``: [mean; ramp-weighted mean],
     where word i of L has weight 2i/(L-1)-1. A plain mean can't tell "from left to
@@ -85,14 +86,49 @@ def condition_vector(vectors: np.ndarray, mode: str) -> np.ndarray:
     return np.concatenate([mean, (ramp[:, None] * vectors).mean(0)]).astype(np.float32)
 
 
+def parts_vector(template_vecs: np.ndarray, object_vecs: np.ndarray) -> np.ndarray:
+    """``parts`` mode: [template block (2D); object block (2D)].
+
+    The template block is the sentence encoding of the template's own words; the object
+    block is [head word; mean of the other words] (in an English noun phrase the last word
+    names the thing and the ones before it modify it). Kept apart so the generator can send
+    the motion words to its temporal path and the object words to its content path, and so
+    a new composition ("yellow triangle") is the sum of parts seen with other partners.
+    """
+    head = object_vecs[-1]
+    mods = object_vecs[:-1].mean(0) if len(object_vecs) > 1 else np.zeros_like(head)
+    return np.concatenate([condition_vector(template_vecs, "sentence"), head, mods]).astype(np.float32)
+
+
 def condition_dim(dim: int, mode: str) -> int:
-    return dim if mode == "object" else 2 * dim
+    return {"object": dim, "sentence": 2 * dim, "parts": 4 * dim}[mode]
+
+
+def template_words(template: str) -> list[list[str]]:
+    """A template's literal token runs around its slots: "Pushing [something] from left to
+    right" -> [["pushing"], ["from", "left", "to", "right"]]."""
+    return [tokenize(part) for part in template.split(SLOT)]
+
+
+def match_template(tokens: list[str], templates) -> tuple[str, list[list[str]]] | None:
+    """The known template a tokenised prompt fills, and the slot tokens; the template with
+    the most literal words wins. None if no template fits."""
+    best = None
+    for t in templates:
+        runs = template_words(t)
+        pattern = r"\s*(.+?)\s*".join(re.escape(" ".join(r)) for r in runs)
+        m = re.fullmatch(pattern, " ".join(tokens))
+        if m and all(g.strip() for g in m.groups()):
+            size = sum(map(len, runs))
+            if best is None or size > best[0]:
+                best = (size, t, [g.split() for g in m.groups()])
+    return None if best is None else (best[1], best[2])
 
 
 WHITEN_EPS = 1e-4  # relative to the largest eigenvalue: caps the gain on near-empty directions
 
 
-def whitening(conds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def whitening(conds: np.ndarray, drop_null: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """ZCA whitening (mean, matrix) of the captions' conditions.
 
     fastText trained on a few thousand captions puts every word near one common
@@ -106,8 +142,21 @@ def whitening(conds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lam = np.clip(lam, 0, None)
     if lam.max() < 1e-12:  # one distinct caption: nothing to whiten
         return mean.astype(np.float32), np.eye(len(mean), dtype=np.float32)
-    w = u @ np.diag(1 / np.sqrt(lam + WHITEN_EPS * lam.max())) @ u.T
+    gain = 1 / np.sqrt(lam + WHITEN_EPS * lam.max())
+    if drop_null:  # directions no caption varies in: a new word's part there is noise, not meaning
+        gain[lam < 1e-6 * lam.max()] = 0
+    w = u @ np.diag(gain) @ u.T
     return mean.astype(np.float32), w.astype(np.float32)
+
+
+def block_whitening(conds: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``parts`` mode: whiten the template block and the object block each on its own, so no
+    object word leaks into the motion path or the other way round."""
+    mt, wt = whitening(conds[:, :2 * dim], drop_null=True)
+    mo, wo = whitening(conds[:, 2 * dim:], drop_null=True)
+    w = np.zeros((4 * dim, 4 * dim), np.float32)
+    w[:2 * dim, :2 * dim], w[2 * dim:, 2 * dim:] = wt, wo
+    return np.concatenate([mt, mo]), w
 
 
 def parse(cfg: VocabConfig):
@@ -275,8 +324,14 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     for i, (_, _, ids) in enumerate(rows):
         token_ids[i, :len(ids)] = ids
     lengths = (token_ids > 0).sum(1)
-    raw = np.stack([condition_vector(table[ids], cfg.mode) for _, _, ids in rows])  # N,C
-    cond_mean, cond_whiten = whitening(raw)
+    if cfg.mode == "parts":
+        part = lambda toks: table[[index[t] for t in toks if t in index] or [0]]  # noqa: E731
+        raw = np.stack([parts_vector(part(sum(template_words(s.template), [])),
+                                     part(tokenize(" ".join(s.placeholders)))) for s, _, _ in rows])
+        cond_mean, cond_whiten = block_whitening(raw, dim)
+    else:
+        raw = np.stack([condition_vector(table[ids], cfg.mode) for _, _, ids in rows])  # N,C
+        cond_mean, cond_whiten = whitening(raw)
     condition = ((raw - cond_mean) @ cond_whiten).astype(np.float32)
     strs = dict(dtype=h5py.string_dtype())
 
@@ -304,8 +359,11 @@ def run(cfg: VocabConfig, progress: bool = True) -> dict:
     info = {
         "config": to_dict(cfg), "source": source, "subwords": subwords, "dim": dim, "mode": cfg.mode,
         "n_labels": len(samples), "n_samples": len(rows), "n_tokens": len(tokens) - 1,
-        "condition": {"encoding": "mean" if cfg.mode == "object" else "mean+ramp", "dim": int(raw.shape[1]),
-                      "whitening": f"zca, eps {WHITEN_EPS} x largest eigenvalue"},
+        "condition": {"encoding": {"object": "mean", "sentence": "mean+ramp",
+                                   "parts": "template mean+ramp | object head, modifiers"}[cfg.mode],
+                      "dim": int(raw.shape[1]), "whitening": f"zca, eps {WHITEN_EPS} x largest eigenvalue"
+                      + (", per block, null directions dropped" if cfg.mode == "parts" else ""),
+                      "parts": [2 * dim, 2 * dim] if cfg.mode == "parts" else None},
         "excluded": {r: {"count": len(ids), "ids": ids} for r, ids in sorted(excluded.items())},
         "subword_only": subword_only, "no_vector": no_vector,
         "token_counts": {t: counts.get(t, 0) for t in tokens[1:]},
@@ -348,10 +406,43 @@ class Vocab:
     def cond_dim(self) -> int:
         return condition_dim(self.dim, self.info["mode"])
 
+    @property
+    def parts(self) -> tuple[int, int] | None:
+        """(template dims, object dims) of a ``parts`` condition, else None."""
+        p = self.info["condition"].get("parts")
+        return tuple(p) if p else None
+
     def condition(self, text: str) -> np.ndarray:
-        """Any prompt -> the (whitened) condition vector, exactly as training saw its captions."""
-        raw = condition_vector(self.encode(text)[1], self.info["mode"])
+        """Any prompt -> the (whitened) condition vector, exactly as training saw its captions.
+
+        The one prompt -> condition path: training's clip grids, ``t2v sample`` and
+        ``t2v evaluate`` all come here (through ``conditions``). A prompt that fills a known
+        template is split into that template and its placeholder words: ``object`` mode
+        conditions on the placeholder words, ``parts`` mode on both parts apart. Other free
+        text stands for the placeholder (``object``) or for both parts (``parts``)."""
+        toks, vecs = self.encode(text)
+        found = match_template(toks, self.info["template_counts"])
+        mode = self.info["mode"]
+        if mode == "sentence":
+            raw = condition_vector(vecs, mode)
+        elif mode == "object":  # the placeholder words, as training saw them; all words for free text
+            raw = condition_vector(vecs if found is None else self.encode(" ".join(sum(found[1], [])))[1], mode)
+        elif found is None:
+            raw = parts_vector(vecs, vecs)
+        else:
+            template = sum(template_words(found[0]), [])
+            raw = parts_vector(self.encode(" ".join(template) or "something")[1],
+                               self.encode(" ".join(sum(found[1], [])))[1])
         return ((raw - self.cond_mean) @ self.cond_whiten).astype(np.float32)
+
+    def conditions(self, texts) -> np.ndarray:
+        """Prompts -> (P, C) conditions; an empty prompt is refused with a clear message."""
+        out = []
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise UserError("an empty prompt has nothing to condition on")
+            out.append(self.condition(t))  # raises a UserError for text without words
+        return np.stack(out)
 
     def word_vector(self, word: str) -> np.ndarray:
         if word in self.index and self.index[word]:

@@ -7,6 +7,7 @@ machine, so a small scripted 3D conv stands in to check the --i3d plumbing.
 import json
 
 import av
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import t2v
 from pipeline.evaluate import frechet, mean_pairwise
-from pipeline.sample import conditions, generate, load_generator
+from pipeline.clips import to_uint8
+from pipeline.models import render
+from pipeline.sample import conditions, load_generator
 from pipeline.train import build_config, run
 
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=2", "workers=0"]
@@ -54,11 +57,36 @@ def test_sample_grid_rows_are_prompts_and_unseen_words_work(trained, tmp_path):
     assert {p.name for p in (tmp_path / "dir").iterdir()} >= {"samples.gif", "samples.mp4"}
 
 
+def test_sample_h5_holds_the_raw_clips_in_prompt_order(trained, tmp_path):
+    texts = ["moving red square up", "pushing blue circle from right to left", "moving zorblatt down"]
+    out = tmp_path / "clips.h5"
+    t2v("sample", "--run-dir", trained / "run", *sum((["--text", t] for t in texts), []), "--n", "3",
+        "--seed", "7", "--out", out)
+    with h5py.File(out) as f:
+        videos, prompts = f["videos"][:], [p.decode() for p in f["prompts"][:]]
+    assert videos.dtype == np.uint8 and videos.shape == (3, 3, 16, 32, 32, 3) and prompts == texts
+    # The same clips as the renderer gives for those prompts: nothing is lost on the way out.
+    g = load_generator(trained / "run")
+    ref = to_uint8(render(g.G, conditions(g.vocab, texts), 3, seed=7))
+    assert np.array_equal(videos, ref)
+
+
+def test_a_training_grid_and_t2v_sample_render_a_prompt_the_same_way(trained):
+    from pipeline.labels import fill
+    from pipeline.train import prompt_conditions
+
+    g = load_generator(trained / "run")
+    rows = [("Moving [something] up", "red square", False), ("Pushing [something] from left to right", "blue circle", True)]
+    by_train = prompt_conditions(g.config["vocab"], rows)
+    by_sample = conditions(g.vocab, [fill(t, [o]) for t, o, _ in rows])
+    assert torch.equal(by_train, by_sample)
+
+
 def test_a_clip_depends_only_on_its_prompt_seed_and_index(trained):
     g = load_generator(trained / "run")
     a = conditions(g.vocab, ["moving red square up"])
     b = conditions(g.vocab, ["pushing digit one from right to left", "moving red square up"])
-    x, y = generate(g.G, a, 2, seed=5), generate(g.G, b, 2, seed=5)
+    x, y = render(g.G, a, 2, seed=5), render(g.G, b, 2, seed=5)
     # Batch size changes only float rounding (oneDNN picks other kernels), nothing systematic.
     assert (x[0] - y[1]).abs().mean() < 1e-4 and (x[0] - y[1]).abs().max() < 0.05
     assert not torch.equal(x[0, 0], x[0, 1])  # different samples differ
@@ -122,9 +150,19 @@ def test_evaluate_writes_eval_json_and_a_table(evaluated):
     assert e["step"] == 4 and "NOT I3D-FVD" in e["feature_space"]
     assert "chance" in r.stdout and "NOT I3D-FVD" in r.stdout and "the ceiling" in r.stdout
     kinds = {p["kind"] for p in e["prompts"]}
-    # The validation clips bring objects training never had, and pairs it never had.
-    assert kinds == {"seen", "new_pair", "new_object"}
-    assert e["cond_acc_heldout_objects"] is not None
+    # The validation clips bring objects training never had (named by seen words, or by a word
+    # training never saw: the unreachable control), and pairs it never had.
+    assert {"seen", "new_pair"} <= kinds <= {"seen", "new_pair", "new_object", "unreachable"}
+    assert all(0 <= p["acc"] <= 1 for p in e["prompts"])
+    for k in ("cond_acc_heldout_pairs", "cond_acc_heldout_objects", "cond_acc_unreachable", "min_cell_acc_heldout"):
+        assert k in e
+    held = [p["acc"] for p in e["prompts"] if p["kind"] in ("new_pair", "new_object")]
+    assert e["min_cell_acc_heldout"] == min(held)
+    # The per-cell heatmap: a real PNG beside eval.json, named in the output.
+    assert f"per-cell heatmap: {e['heatmap']}" in r.stdout
+    from PIL import Image
+
+    assert Image.open(e["heatmap"]).size[0] > 200
 
 
 def test_evaluate_logs_on_the_runs_own_mlflow_run(trained, evaluated):

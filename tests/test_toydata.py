@@ -2,10 +2,11 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 from pipeline.decode import decode
 from pipeline.labels import SLOT, fill, read_labels
-from pipeline.toydata import HELDOUT_OBJECTS, HELDOUT_PAIRS, TEMPLATES, make_toy
+from pipeline.toydata import COLOURS, SHAPES, TEMPLATES, heldout_sets, make_toy
 
 
 def ffprobe(path):
@@ -32,13 +33,35 @@ def test_format_matches_something_something(toy):
 
 
 def test_heldout_prompts_never_in_train(toy):
-    held = {(o, TEMPLATES[d]) for o, d in HELDOUT_PAIRS}
+    meta = json.loads((toy / "toy_meta.json").read_text())
+    assert set(meta) >= {"objects", "templates", "heldout_pairs", "heldout_objects", "unreachable"}
+    held = {tuple(p) for p in meta["heldout_pairs"]}
+    never = set(meta["heldout_objects"]) | set(meta["unreachable"])
     train = read_labels(toy / "labels" / "train.json")
     for s in train:
         assert (s.placeholders[0], s.template) not in held
-        assert s.placeholders[0] not in HELDOUT_OBJECTS
+        assert s.placeholders[0] not in never
     val = read_labels(toy / "labels" / "validation.json")
-    assert any((s.placeholders[0], s.template) in held or s.placeholders[0] in HELDOUT_OBJECTS for s in val)
+    assert any((s.placeholders[0], s.template) in held or s.placeholders[0] in never for s in val)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_seed_draws_its_own_heldout_cells_of_three_kinds(seed):
+    h = heldout_sets(seed)
+    assert h != heldout_sets(seed + 1)
+    # Held-out compositions: never in train, but their colour and shape each are, with other partners.
+    for obj in h["heldout_objects"]:
+        colour, shape = obj.split()
+        assert colour in COLOURS and shape in SHAPES
+        others = [o for o in h["heldout_objects"] if o != obj]
+        assert any(f"{colour} {s}" not in h["heldout_objects"] for s in SHAPES if s != shape)
+        assert any(f"{c} {shape}" not in h["heldout_objects"] for c in COLOURS if c != colour)
+        assert obj not in others
+    # The control is a digit, whose glyph no name can give away; pairs are seen objects.
+    assert all(u.startswith("digit ") for u in h["unreachable"])
+    never = set(h["heldout_objects"]) | set(h["unreachable"])
+    assert all(o not in never for o, _ in h["heldout_pairs"])
+    assert len({o for o, _ in h["heldout_pairs"]}) == len(h["heldout_pairs"])
 
 
 def test_deterministic_for_a_seed(tmp_path):

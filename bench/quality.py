@@ -1,0 +1,84 @@
+"""Generation quality on several toy seeds, with a longer training budget than `make demo`.
+
+For each seed this runs the whole demo pipeline (`t2v demo --seed S`: toy data, frames,
+vocab, training with evaluations along the way, sampling, evaluation) and then prints:
+the learning curve (accuracies at each in-training evaluation), the final per-cell table
+(objects x templates; P/O/U mark held-out pairs, held-out objects and the unreachable
+control) and a summary against the targets of issue 16.
+
+    .venv/bin/python bench/quality.py                       # seeds 0 1, 2400 steps each
+    .venv/bin/python bench/quality.py --seeds 3 --steps 600 # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.evaluate import cell_table  # noqa: E402
+
+TARGETS = {"cond_acc_seen": 0.95, "cond_acc_heldout": 0.8, "min_cell_acc_heldout": 0.5}
+
+
+def run_seed(out: Path, seed: int, steps: int, eval_every: int) -> dict:
+    t2v = Path(sys.executable).with_name("t2v")
+    cmd = [str(t2v), "demo", "--out", str(out), "--seed", str(seed), "--steps", str(steps),
+           "--eval-every", str(eval_every)]
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    r = json.loads((out / "eval.json").read_text())
+    curve_file = out / "run" / "eval" / "curve.jsonl"
+    curve = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
+    return {"seed": seed, "eval": r, "curve": curve, "seconds": time.perf_counter() - t0}
+
+
+def report(res: dict) -> None:
+    r = res["eval"]
+    print(f"\n== toy seed {res['seed']}: {res['seconds']:.0f} s ==")
+    print("learning curve (in-training evaluations):")
+    print(f"{'step':>6} {'seen':>6} {'heldout':>8} {'pairs':>6} {'objects':>8} {'worst':>6} {'unreach.':>9}")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for c in res["curve"]:
+        print(f"{c['step']:>6} {fmt(c.get('cond_acc_seen')):>6} {fmt(c.get('cond_acc_heldout')):>8} "
+              f"{fmt(c.get('cond_acc_heldout_pairs')):>6} {fmt(c.get('cond_acc_heldout_objects')):>8} "
+              f"{fmt(c.get('min_cell_acc_heldout')):>6} {fmt(c.get('cond_acc_unreachable')):>9}")
+    print(f"final (t2v evaluate, step {r['step']}): seen {fmt(r['cond_acc_seen'])}, held-out "
+          f"{fmt(r['cond_acc_heldout'])} (pairs {fmt(r['cond_acc_heldout_pairs'])}, objects "
+          f"{fmt(r['cond_acc_heldout_objects'])}), worst held-out cell {fmt(r['min_cell_acc_heldout'])}, "
+          f"unreachable control {fmt(r.get('cond_acc_unreachable'))}, evaluator on real clips "
+          f"{fmt(r['evaluator_real_acc'])}")
+    print(cell_table(r))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--eval-every", type=int, default=600)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "quality")
+    a = ap.parse_args()
+    results = [run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every) for s in a.seeds]
+    for res in results:
+        report(res)
+    print("\nsummary against the targets:")
+    ok = True
+    for key, target in TARGETS.items():
+        vals = [res["eval"].get(key) for res in results]
+        hit = all(v is not None and v >= target for v in vals)
+        ok &= hit
+        print(f"  {key:24s} >= {target}: " + ", ".join("-" if v is None else f"{v:.3f}" for v in vals)
+              + ("  ok" if hit else "  MISSED"))
+    print(f"total {sum(r['seconds'] for r in results):.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

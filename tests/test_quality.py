@@ -1,0 +1,83 @@
+"""The pieces the generator's conditioning rests on: parts-mode conditions, hard negatives,
+augmentation, one rendering path, raw clips out, and per-cell evaluation kinds."""
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import t2v
+from pipeline.augment import augment, parse
+from pipeline.evaluate import _kind
+from pipeline.train import mismatched
+from pipeline.vocab import Vocab, match_template
+
+TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
+             "Moving [something] up", "Moving [something] down"]
+
+
+@pytest.fixture(scope="module")
+def parts_vocab(toy, tmp_path_factory):
+    d = tmp_path_factory.mktemp("parts") / "vocab"
+    t2v("vocab", "--labels", toy / "labels/train.json", toy / "labels/validation.json", "--out", d,
+        "--mode", "parts", "--epoch", "5")
+    return Vocab(d)
+
+
+def test_a_prompt_is_matched_to_its_template_and_placeholder():
+    assert match_template("pushing red square from left to right".split(), TEMPLATES) == (
+        TEMPLATES[0], [["red", "square"]])
+    assert match_template("moving the big blue cup up".split(), TEMPLATES) == (TEMPLATES[2], [["the", "big", "blue", "cup"]])
+    assert match_template("a cat sleeping".split(), TEMPLATES) is None
+    assert match_template("moving up".split(), TEMPLATES) is None  # an empty slot does not fit
+
+
+def test_parts_conditions_keep_motion_and_object_apart(parts_vocab):
+    v = parts_vocab
+    t_dim, o_dim = v.parts
+    assert t_dim + o_dim == v.cond_dim
+    ltr = v.condition("pushing red square from left to right")
+    rtl = v.condition("Pushing red square from right to left")
+    blue = v.condition("pushing blue circle from left to right")
+    assert np.allclose(ltr[t_dim:], rtl[t_dim:]) and not np.allclose(ltr[:t_dim], rtl[:t_dim])
+    assert np.allclose(ltr[:t_dim], blue[:t_dim]) and not np.allclose(ltr[t_dim:], blue[t_dim:])
+    # A new composition is built from its words, and a word in no caption still gets a vector.
+    new = v.condition("moving purple triangle down")
+    assert np.isfinite(new).all() and np.abs(new).max() < 100
+    # A training caption conditions exactly as vocab stored it for that sample.
+    with h5py.File(v.root / "samples.h5") as f:
+        label, cond = f["label"][0].decode(), f["condition"][0]
+    assert np.allclose(v.condition(label), cond, atol=1e-5)
+
+
+def test_hard_negatives_swap_exactly_one_part():
+    torch.manual_seed(0)
+    t = torch.eye(4)[torch.randint(4, (16,))]
+    o = torch.eye(6)[torch.randint(6, (16,))]
+    cond = torch.cat([t, o], 1)
+    vid, img = mismatched(cond, "hard", (4, 6))
+    t_same = (vid[:, :4] == t).all(1)
+    o_same = (vid[:, 4:] == o).all(1)
+    assert (t_same ^ o_same).all()  # every row: one part kept, the other swapped
+    assert (~(img[:, 4:] == o).all(1)).all() and (img[:, :4] == t).all()  # the image D: another object
+    roll_vid, _ = mismatched(cond, "roll", (4, 6))
+    assert torch.equal(roll_vid, cond.roll(1, 0))
+
+
+def test_augmentation_is_one_draw_per_clip_and_never_a_flip():
+    torch.manual_seed(0)
+    frame = torch.rand(4, 3, 1, 32, 32)
+    clip = frame.expand(4, 3, 16, 32, 32).contiguous()  # a still clip
+    out = augment(clip, parse("color,translation,cutout"))
+    assert out.shape == clip.shape
+    assert torch.allclose(out, out[:, :, :1].expand_as(out))  # every frame got the same draw
+    with pytest.raises(ValueError):
+        parse("color,flip")
+
+
+def test_heldout_kinds_follow_from_the_training_words():
+    train_objects = {"red square", "blue circle"}
+    words = {"red", "square", "blue", "circle", "digit", "one"}
+    assert _kind("red square", ["red square"], train_objects, words) == "new_pair"
+    assert _kind("blue square", ["blue square"], train_objects, words) == "new_object"
+    assert _kind("digit four", ["digit four"], train_objects, words) == "unreachable"
