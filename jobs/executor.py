@@ -14,6 +14,8 @@ items than the cluster's ``MaxArraySize`` go as several arrays (``array_parts``)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import shlex
@@ -28,7 +30,8 @@ from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import _make_sbatch_string
 from tqdm import tqdm
 
-from jobs.slurm import ENDED, max_array_size, sacct_states
+from jobs.slurm import ENDED, max_array_size, refusal, sacct_states
+from pipeline.errors import UserError
 
 EXECUTORS = ("local", "debug", "slurm")
 Kind = Literal["local", "debug", "slurm"]
@@ -36,12 +39,16 @@ Kind = Literal["local", "debug", "slurm"]
 
 @dataclass(frozen=True)
 class Resources:
-    """What one task asks of the scheduler (ignored where it has no meaning)."""
+    """What one task asks of the scheduler (ignored where it has no meaning).
+
+    ``asked`` names the fields the user set; the others are our defaults, which
+    ``jobs.cluster.fit`` lowers to what the partition offers instead of refusing them.
+    No memory is requested unless asked (``mem_gb`` None): the site's DefMemPerCPU applies."""
 
     partition: Optional[str] = None
     timeout_min: int = 60
     cpus_per_task: int = 2
-    mem_gb: float = 8.0
+    mem_gb: Optional[float] = None
     gpus_per_node: int = 0
     nodes: int = 1
     tasks_per_node: int = 1
@@ -50,6 +57,7 @@ class Resources:
     account: Optional[str] = None
     qos: Optional[str] = None
     dependency: Optional[str] = None  # e.g. "afterok:1234": set by `t2v submit` chains
+    asked: frozenset = frozenset()
 
 
 @dataclass
@@ -65,8 +73,10 @@ class Outcome:
 def slurm_parameters(res: Resources, name: str) -> dict:
     """Keyword arguments for submitit's SlurmExecutor.update_parameters."""
     p = dict(job_name=name, time=res.timeout_min, nodes=res.nodes, ntasks_per_node=res.tasks_per_node,
-             cpus_per_task=res.cpus_per_task, mem=f"{int(res.mem_gb * 1024)}M",
-             signal_delay_s=res.signal_delay_s, array_parallelism=res.array_parallelism)
+             cpus_per_task=res.cpus_per_task, signal_delay_s=res.signal_delay_s,
+             array_parallelism=res.array_parallelism)
+    if res.mem_gb:
+        p["mem"] = f"{int(res.mem_gb * 1024)}M"
     if res.gpus_per_node:
         p["gpus_per_node"] = res.gpus_per_node
     for key in ("partition", "account", "qos", "dependency"):
@@ -238,15 +248,21 @@ def exception_line(log: Path) -> str:
 
 
 def run_job(fn: Callable, *, kind: Kind, folder, res: Resources, name: str, wait: bool = True,
-            max_num_timeout: int = 3) -> Outcome:
+            max_num_timeout: int = 3, progress: bool = False) -> Outcome:
     """One job (possibly several tasks: nodes x tasks_per_node); returns rank 0's result.
-    A checkpointable job that times out is requeued up to `max_num_timeout` times."""
+    A checkpointable job that times out is requeued up to `max_num_timeout` times. `progress`:
+    while waiting, a bar read from the job's log (jobs/progress.py)."""
     ex = make_executor(kind, folder, res, name, max_num_timeout)
-    job = ex.submit(fn)
+    with refusal(name):
+        job = ex.submit(fn)
     print(f"submitted job {job.job_id} ({kind}); logs in {folder}", file=sys.stderr)
     if not wait:
         return Outcome(None, str(job.job_id), True)
-    return watch([(None, job)])[0] if kind == "slurm" else _outcome(None, job)
+    from jobs.progress import LogProgress
+
+    with LogProgress(job.paths.stderr, name.removeprefix("t2v-")) if progress and kind != "debug" \
+            else contextlib.nullcontext():
+        return watch([(None, job)])[0] if kind == "slurm" else _outcome(None, job)
 
 
 def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resources, name: str,
@@ -271,7 +287,8 @@ def map_tasks(fn: Callable, items: Sequence, *, kind: Kind, folder, res: Resourc
         jobs, ids = [], []
         for part in array_parts(len(items), max_array_size(), res.array_parallelism):
             part_ex = make_executor(kind, folder, _part_resources(res, part, ids), name)
-            jobs += part_ex.map_array(fn, items[part.start:part.stop])
+            with refusal(name):
+                jobs += part_ex.map_array(fn, items[part.start:part.stop])
             ids.append(jobs[-1].job_id.split("_")[0])
             print(f"submitted array {ids[-1]} ({part.stop - part.start} tasks); logs in {folder}", file=sys.stderr)
         if not wait:

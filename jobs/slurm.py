@@ -10,7 +10,9 @@ every job the submitter named in the folder's watch file has ended.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import os
 import re
@@ -22,7 +24,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from submitit.core.utils import FailedJobError
+
 from pipeline import tracking_server
+from pipeline.errors import UserError
 from pipeline.files import write_json
 
 # sacct states after which a job never runs again (PREEMPTED and REQUEUED go back to the queue).
@@ -154,3 +159,44 @@ def serve_tracking(store_uri: str, folder, poll_s: float = 30.0) -> dict:
     finally:  # also on the requeue that submitit's signal handler does: then "restarting"
         tracking_server.stop(proc, folder, final)
     return {"served_s": round(time.time() - t0, 1), "restarts": restarts, "host": host}
+
+
+@contextlib.contextmanager
+def refusal(name: str):
+    """sbatch refusing a job (a limit `jobs.cluster.fit` could not see, a site's submit plugin)
+    becomes one UserError line carrying sbatch's own message, instead of submitit's traceback
+    after it has printed sbatch's stderr."""
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(quiet):
+            yield
+    except (FailedJobError, subprocess.CalledProcessError) as e:
+        lines = [ln.strip() for ln in (str(e) or quiet.getvalue()).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else type(e).__name__)
+        raise UserError(f"{name}: sbatch refused the job: {why}") from None
+    except OSError as e:  # no sbatch on PATH, a log folder it cannot write
+        raise UserError(f"{name}: cannot submit: {e}") from None
+    finally:
+        sys.stderr.write("".join(ln for ln in quiet.getvalue().splitlines(True) if "sbatch" not in ln))
+
+
+def client(*cmd: str) -> str | None:
+    """stdout of a SLURM client command (scontrol, sacctmgr, ...), or None where it is missing,
+    fails or hangs: callers then leave the decision to sbatch."""
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def scontrol_show(what: str) -> str | None:
+    """`scontrol show WHAT -o` (one line per partition or node), or None without a cluster."""
+    return client("scontrol", "show", what, "-o")
+
+
+def sacctmgr(*args: str) -> str | None:
+    """`sacctmgr ARGS`, or None where accounting doesn't answer."""
+    return client("sacctmgr", *args)

@@ -15,8 +15,10 @@ from jobs.executor import Resources, map_tasks, run_job, sbatch_script, split_no
 from jobs.submit import ChainServer, with_dependency
 from jobs.tasks import FramesTask, TrainTask, VocabTask
 from pipeline import frames, train, vocab
-from pipeline.checkpoints import checkpoint_paths
+from pipeline.checkpoints import newest_checkpoint
+from pipeline.errors import UserError
 from pipeline.frames import FramesConfig
+from pipeline.rundir import check_out, holder
 from pipeline.tracking import Tracker, prepare_store
 from pipeline.train import TrainConfig
 from pipeline.vocab import VocabConfig
@@ -35,7 +37,10 @@ class Launch:
 
 def run_frames(cfg: FramesConfig, launch: Launch) -> int:
     """Validate, print the plan, then one task per missing shard; the manifest once all exist."""
-    p = frames.plan(cfg) if launch.dry_run else frames.prepare(cfg)
+    p = frames.plan(cfg)  # validates the inputs before anything is written
+    if not launch.dry_run:
+        check_out(cfg.out)
+        p = frames.prepare(cfg, p)
     print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
           f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
     logs = Path(cfg.out) / "logs" / "frames"  # submitit names files by job id inside
@@ -71,6 +76,8 @@ def run_vocab(cfg: VocabConfig, launch: Launch) -> int:
     """Validate the labels (and a pretrained file), print the plan, then one vocab task."""
     samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
     vocab.check_pretrained(cfg)
+    if not launch.dry_run:
+        check_out(cfg.out)
     src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
     print(f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
           f"vectors from {src}")
@@ -109,11 +116,13 @@ def _prepare_tracking(cfg) -> None:
 def run_train(cfg: TrainConfig, launch: Launch) -> int:
     """Check data, vocab and run dir, print the plan, then one training job (of res.nodes x
     res.tasks_per_node ranks); 1 if it failed or its ranks' weights differ."""
-    info = train.check(cfg)
+    ranks = launch.res.nodes * launch.res.tasks_per_node
+    info = train.check(cfg, ranks)
+    if who := holder(cfg.run_dir):
+        raise UserError(f"{cfg.run_dir} is in use by another training run ({who}); wait for it to end or stop it")
     if not launch.dry_run:
         _prepare_tracking(cfg)
-    ranks = launch.res.nodes * launch.res.tasks_per_node
-    resumed = checkpoint_paths(cfg.run_dir)
+    resumed = [p for p in newest_checkpoint(cfg.run_dir)[:1] if p]  # the file a resume loads, not a torn one
     print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
           f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
           + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
@@ -129,7 +138,7 @@ def run_train(cfg: TrainConfig, launch: Launch) -> int:
     cfg = replace(cfg, tracking_server=server.file)
     with server:
         o = run_job(TrainTask(cfg), kind=launch.executor, folder=logs, res=with_dependency(launch.res, server.dependency),
-                    name="t2v-train", wait=launch.wait)
+                    name="t2v-train", wait=launch.wait, progress=True)
         server.serves([o.job_id])
     if not o.ok:
         print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)

@@ -12,14 +12,15 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
+from jobs.cluster import fit, spec_names
 from jobs.executor import Resources, map_tasks, run_job, sbatch_script, split_note
 from jobs.slurm import watch_jobs
 from jobs.tasks import EvaluateTask, FramesTask, TrackingServerTask, TrainTask, VocabTask
-from pipeline import frames, train
-from pipeline.config import read_yaml
+from pipeline import evaluate, frames, train
+from pipeline.config import from_mapping, read_yaml
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalConfig
 from pipeline.files import write_json
@@ -31,38 +32,52 @@ from pipeline.tracking_server import LocalServer, announce, exported, new_creden
 from pipeline.vocab import VocabConfig
 
 STAGES = ("frames", "vocab", "train", "evaluate")
+SPEC_KEYS = ("name", "data_manifest", "vars", "out", "stages", "resources", "tracking")
 
 
 def load_spec(path) -> dict:
+    """The spec, with every key checked: unknown keys, stages and resource values of the wrong
+    type are refused here, before any job, rather than accepted or failing inside one."""
     p = Path(path)
     spec = read_yaml(p, "experiment spec")
+    unknown = sorted(set(spec) - set(SPEC_KEYS), key=str)
+    if unknown:
+        raise UserError(f"{p}: unknown key(s) {unknown}; valid: {', '.join(SPEC_KEYS)}")
     for key in ("name", "data_manifest", "out", "stages"):
         if key not in spec:
             raise UserError(f"{p}: missing '{key}'")
-    unknown = set(spec["stages"]) - set(STAGES)
+    for key in ("stages", "resources", "vars", "tracking"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise UserError(f"{p}: '{key}' must be a mapping, got {spec[key]!r}")
+    for key in ("name", "out", "data_manifest"):
+        if not isinstance(spec[key], str) or not spec[key]:
+            raise UserError(f"{p}: '{key}' must be a non-empty string, got {spec[key]!r}")
+    unknown = sorted(set(spec["stages"]) - set(STAGES), key=str)
     if unknown:
-        raise UserError(f"{p}: unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
+        raise UserError(f"{p}: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    unknown = sorted(set(spec.get("resources") or {}) - set(STAGES) - {"tracking"}, key=str)
+    if unknown:
+        raise UserError(f"{p}: resources for unknown stage(s) {unknown}; known: {', '.join(STAGES)}, tracking")
+    for stage in spec.get("resources") or {}:
+        _resources(spec, stage, None)
     return spec
 
 
-def _resources(spec: dict, stage: str, dependency: str | None):
-    given = dict(spec.get("resources", {}).get(stage) or {})
-    valid = {f.name for f in fields(Resources)}
-    bad = set(given) - valid
-    if bad:
-        raise UserError(f"resources.{stage}: unknown key(s) {sorted(bad)}; valid: {', '.join(sorted(valid))}")
-    return Resources(**given, dependency=dependency)
+def _resources(spec: dict, stage: str, dependency: str | None, kind: str = "local"):
+    """resources.<stage> of a spec as Resources; on SLURM checked against the cluster."""
+    given = (spec.get("resources") or {}).get(stage) or {}
+    res = from_mapping(Resources, given, f"resources.{stage}", hidden=("asked",))
+    for key in ("timeout_min", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node", "array_parallelism"):
+        if key in given and getattr(res, key) is not None and getattr(res, key) <= 0:
+            raise UserError(f"resources.{stage}.{key} must be > 0, not {getattr(res, key)}")
+    res = replace(res, asked=frozenset(given), dependency=dependency or res.dependency)
+    return fit(res, stage, spec_names(stage)) if kind == "slurm" else res
 
 
 def _eval_config(given: dict, out: Path):
     """stages.evaluate in a spec: EvalConfig keys; the evaluator sees OUT/frames plus any `data` given."""
-    valid = {f.name for f in fields(EvalConfig)} - {"run_dir"}
-    bad = set(given) - valid
-    if bad:
-        raise UserError(f"stages.evaluate: unknown key(s) {sorted(bad)}; valid: {', '.join(sorted(valid))}")
-    extra = given.pop("data", None) or []
-    given = {k: Path(v) if k in ("i3d", "cache") else v for k, v in given.items()}
-    return EvalConfig(run_dir=out / "run", data=(out / "frames", *(Path(d).absolute() for d in extra)), **given)
+    cfg = from_mapping(EvalConfig, given, "stages.evaluate", dict(run_dir=out / "run"))
+    return replace(cfg, data=(out / "frames", *(Path(d).absolute() for d in cfg.data)))
 
 
 class ChainServer:
@@ -88,6 +103,8 @@ class ChainServer:
                 raise UserError("--tracking-server on with --no-wait needs --executor slurm: a local server "
                                 "would stop as this command returns")
             self.wanted = False
+        if self.wanted and kind == "slurm":
+            res = fit(res or Resources(cpus_per_task=1, mem_gb=2), f"{name} (MLflow server)")
         self.store, self.folder, self.kind, self.res, self.name = store_uri, Path(folder), kind, res, name
         self.file = str(self.folder / "server.json") if self.wanted else ""
         self.dry_run = dry_run
@@ -105,7 +122,7 @@ class ChainServer:
             # The server's password, new for this submission; the jobs submitted from here on
             # carry it in their environment (sbatch copies ours), none on a command line.
             self.env = exported(new_credentials(self.folder)).__enter__()
-            res = self.res or Resources(cpus_per_task=1, mem_gb=2)
+            res = self.res
             # Requeued on each timeout, so a limit shorter than the chain costs a restart, not data.
             try:
                 self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
@@ -156,7 +173,14 @@ def _record(out: Path, entry: dict) -> None:
 
 def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = False) -> int:
     spec = load_spec(spec_path)
+    if stages is not None:
+        unknown = [s for s in stages if s not in spec["stages"]]
+        if unknown or not stages:
+            raise UserError(f"--stages: unknown stage(s) {unknown or stages}; this spec has "
+                            f"{', '.join(s for s in STAGES if s in spec['stages'])}")
     stages = [s for s in STAGES if s in (stages or spec["stages"])]
+    # Every stage's request checked against the cluster before the first job is submitted.
+    stage_res = {s: _resources(spec, s, None, executor) for s in stages}
     env = {**{k: str(v) for k, v in (spec.get("vars") or {}).items()}, **os.environ}
     manifest = load_subset(spec["data_manifest"], env=env, resolve_paths=True)
     out = Path(spec["out"]).absolute()
@@ -165,9 +189,12 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
     if "generate" in manifest and not labels[0].exists() and not dry_run:
         make_toy(labels[0].parent.parent, **manifest["generate"])
     cfg = spec["stages"]
-    fcfg = FramesConfig(labels=labels[0], videos=videos, out=out / "frames",
-                        templates=tuple(manifest.get("templates", ())), **(cfg.get("frames") or {}))
-    vcfg = VocabConfig(labels=tuple(labels), out=out / "vocab", **(cfg.get("vocab") or {}))
+    fcfg = from_mapping(FramesConfig, cfg.get("frames"), "stages.frames",
+                        dict(labels=labels[0], videos=videos, out=out / "frames",
+                             templates=tuple(manifest.get("templates", ()))))
+    vcfg = from_mapping(VocabConfig, cfg.get("vocab"), "stages.vocab", dict(labels=tuple(labels), out=out / "vocab"))
+    if not isinstance(cfg.get("train") or {}, dict):
+        raise UserError(f"stages.train: expected a mapping of keys to values, got {cfg['train']!r}")
     tc = dict(cfg.get("train") or {})
     trk = dict(spec.get("tracking") or {})
     bad = set(trk) - {"uri", "experiment", "server"}
@@ -175,7 +202,7 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
         raise UserError(f"tracking: unknown key(s) {sorted(bad)}; valid: experiment, server, uri")
     kind = executor
     server = ChainServer(str(trk.get("server", "auto")), trk.get("uri") or default_uri(Path.cwd()),
-                         out / "tracking", kind, _server_resources(spec, stages), f"t2v-{spec['name']}-mlflow",
+                         out / "tracking", kind, _server_resources(spec, stages, kind), f"t2v-{spec['name']}-mlflow",
                          writers=bool({"train", "evaluate"} & set(stages)), dry_run=dry_run)
     sets = [str(s) for s in tc.pop("set", [])] + [f"{k}={v}" for k, v in tc.items() if k != "preset"]
     sets += [f"tracking_uri={server.store}", f"experiment={trk.get('experiment', spec['name'])}"]
@@ -183,6 +210,8 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
         sets.append(f"tracking_server={server.file}")
     tcfg = train.build_config(out / "frames", out / "vocab", out / "run", tc.get("preset", "default"), sets)
     ecfg = _eval_config(cfg.get("evaluate") or {}, out)
+    if "evaluate" in stages:
+        evaluate.validate(ecfg)
     if "train" in stages and not dry_run:
         prepare_store(tcfg.tracking_uri, tcfg.experiment)  # once, before any job could race on it
     print(f"experiment {spec['name']}: stages {' -> '.join(stages)} on the {kind} executor; outputs in {out}")
@@ -190,24 +219,24 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
         if server.job:
             _record(out, {"stage": "tracking", "jobs": [server.job], "executor": kind,
                           "spec": str(Path(spec_path).absolute()), "time": time.time()})
-        return _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run)
+        return _chain(spec, spec_path, stages, stage_res, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run)
 
 
-def _server_resources(spec: dict, stages) -> "object":
+def _server_resources(spec: dict, stages, kind: str = "local") -> "object":
     """resources.tracking in a spec, else one CPU for as long as the served stages may take."""
     if "tracking" in (spec.get("resources") or {}):
-        return _resources(spec, "tracking", None)
+        return _resources(spec, "tracking", None, kind)
     given = spec.get("resources") or {}
     minutes = sum(int((given.get(s) or {}).get("timeout_min", Resources.timeout_min)) for s in stages)
     part = (given.get("train") or {}).get("partition")
     return Resources(cpus_per_task=1, mem_gb=2, timeout_min=minutes, partition=part)
 
 
-def _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run) -> int:
+def _chain(spec, spec_path, stages, stage_res, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run) -> int:
     dep = None  # afterok on the previous stage's job
     graph = []
     for stage in stages:
-        res = _resources(spec, stage, dep if kind == "slurm" else None)
+        res = with_dependency(stage_res[stage], dep if kind == "slurm" else None)
         if stage in ("train", "evaluate"):
             res = with_dependency(res, server.dependency)  # MLflow writers start after their server
         logs = out / "logs" / stage
@@ -241,7 +270,7 @@ def _chain(spec, spec_path, stages, kind, out, fcfg, vcfg, tcfg, ecfg, server, d
             task = {"vocab": VocabTask(vcfg), "train": TrainTask(tcfg), "evaluate": EvaluateTask(ecfg)}[stage]
             if stage == "train" and wait:
                 train.check(tcfg)
-            o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait)
+            o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait, progress=True)
             if not o.ok:
                 print(f"{stage} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
                 return 1

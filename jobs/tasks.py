@@ -71,7 +71,7 @@ class EvaluateTask:
     def __call__(self) -> dict:
         from pipeline import evaluate
 
-        r = evaluate.run(self.cfg, progress=False)
+        r = evaluate.run(self.cfg, progress=True)  # its bars go to the job's log, which the submitter's bar follows
         return {k: v for k, v in r.items() if k != "prompts"}  # the full table is in RUN_DIR/eval.json
 
     def checkpoint(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .files import atomic_write
+from .files import atomic_write, remove_stale_temps
 
 FORMAT = 1  # the "format" key of a t2v checkpoint
 
@@ -38,44 +38,58 @@ def checkpoint_paths(run_dir: Path) -> list[Path]:
     return sorted(checkpoint_dir(run_dir).glob("step-*.pt"), reverse=True)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """One checkpoint file, or a one-line UserError when it is not one (torn, foreign, a folder)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  torch raises many kinds for a file that is not its own
+        raise UserError(f"{path} is not a readable t2v checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "G_ema" not in state:
+        raise UserError(f"{path} is not a t2v checkpoint")
+    return state
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that loads, and its state; torn or foreign files are skipped."""
+    for p in checkpoint_paths(run_dir):
+        try:
+            return p, read_checkpoint(p)
+        except UserError as e:  # a torn or foreign file: fall back to an older one
+            print(f"warning: skipping unreadable checkpoint {p.name}: {e}", file=sys.stderr)
+    return None, None
+
+
 def newest_step(run_dir: Path) -> int:
-    """The step of the newest checkpoint file (0 if none), without reading it."""
-    paths = checkpoint_paths(run_dir)
-    return step_of(paths[0]) if paths else 0
+    """The step of the newest readable checkpoint (0 if none): a torn newest file doesn't count."""
+    _, state = newest_checkpoint(run_dir)
+    return int(state["step"]) if state else 0
 
 
 def load_latest(run_dir: Path) -> dict | None:
     """The newest checkpoint that loads, or None."""
-    for p in checkpoint_paths(run_dir):
-        try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            if state.get("format") == FORMAT:
-                return state
-            raise ValueError("not a t2v checkpoint")
-        except Exception as e:  # noqa: BLE001  a torn or foreign file: fall back to an older one
-            print(f"warning: skipping unreadable checkpoint {p.name} ({type(e).__name__})", file=sys.stderr)
-    return None
+    return newest_checkpoint(run_dir)[1]
 
 
 def resolve(run_dir: Path, checkpoint=None) -> tuple[dict, Path]:
     """(state, path) of the newest readable checkpoint, or of ``checkpoint``: a step number or a path."""
     run_dir = Path(run_dir)
     if checkpoint is None:
-        state = load_latest(run_dir)
+        path, state = newest_checkpoint(run_dir)
         if state is None:
             raise UserError(f"no readable checkpoint in {run_dir}/checkpoints: train first (`t2v train`)")
-        return state, checkpoint_path(run_dir, state["step"])  # the one load_latest read
+        return state, path
     path = Path(checkpoint)
     if not path.exists() and str(checkpoint).isdigit():
         path = checkpoint_path(run_dir, int(checkpoint))
-    if not path.exists():
+    if not path.is_file():
         have = ", ".join(p.name for p in checkpoint_paths(run_dir)) or "none"
         raise UserError(f"checkpoint {checkpoint} not found (in {run_dir}/checkpoints: {have})")
-    return torch.load(path, map_location="cpu", weights_only=True), path
+    return read_checkpoint(path), path
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write step's checkpoint durably, then drop all but the newest ``keep``."""
+    remove_stale_temps(checkpoint_dir(run_dir), ".step-*.pt.tmp-*")  # a writer SIGKILLed mid-write left these
     final = atomic_write(checkpoint_path(run_dir, step), lambda p: torch.save(state, p))
     for old in checkpoint_paths(run_dir)[keep:]:
         old.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from the same frames, so they look the same.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,11 +124,13 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
     clip, without dithering (dither noise defeats both LZW and the encoder's reuse of
     unchanged pixels between frames, which keeps the still labels nearly free).
     """
+    from .rundir import tmp_name
+
     t, h, w, _ = frames.shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     vf = f"scale={w * scale}:{h * scale}:flags=neighbor"
-    if path.suffix == ".gif":
+    if path.suffix.lower() == ".gif":  # grid.GIF is a GIF too
         vf += ",split[a][b];[a]palettegen=max_colors=128[p];[b][p]paletteuse=dither=none"
         codec = ["-f", "gif"]
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
 import typing
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def fingerprint(d: dict) -> str:
 def _parse(value: str, typ, key: str):
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
         if value.lower() in ("none", "null"):
             return None
         return _parse(value, next(a for a in args if a is not type(None)), key)
@@ -91,3 +92,42 @@ def read_yaml(path, what: str) -> dict:
     if not isinstance(doc, dict):
         raise UserError(f"{p}: expected a YAML mapping")
     return doc
+
+
+def _typed(value, typ, where: str):
+    """A YAML value checked against a dataclass field's type (ints for int, lists for tuples, ...)."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None
+        return None if value is None else _typed(value, next(a for a in args if a is not type(None)), where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return tuple(_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(items))
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          Path: lambda v: isinstance(v, (str, Path))}.get(typ)
+    if ok is not None and not ok(value):
+        raise UserError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return Path(value) if typ is Path else float(value) if typ is float else value
+
+
+def from_mapping(cls, given, where: str, fixed: dict | None = None, hidden=()):
+    """``cls(**given, **fixed)`` for a mapping from a spec file: unknown keys and values of the
+    wrong type are one-line UserErrors naming ``where.key`` (not a TypeError in a job)."""
+    fixed = fixed or {}
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise UserError(f"{where}: expected a mapping of keys to values, got {given!r}")
+    hints = typing.get_type_hints(cls)
+    valid = sorted(set(hints) - set(fixed) - set(hidden))
+    bad = sorted(set(given) - set(valid), key=str)
+    if bad:
+        raise UserError(f"{where}: unknown key(s) {bad}; valid: {', '.join(valid)}")
+    return cls(**{k: _typed(v, hints[k], f"{where}.{k}") for k, v in given.items()}, **fixed)

@@ -25,8 +25,12 @@ def read_manifest(data: Path, ok_only: bool = True) -> pd.DataFrame:
     m = Path(data) / "manifest.csv"
     if not m.exists():
         raise UserError(f"{data} is not a finished frames output (no manifest.csv): run `t2v frames`")
-    df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
-    return df[df["status"] == "ok"].reset_index(drop=True) if ok_only else df
+    try:
+        df = pd.read_csv(m, dtype={"id": str}, keep_default_na=False)
+        ok = df["status"] == "ok"
+    except (ValueError, KeyError, pd.errors.ParserError) as e:
+        raise UserError(f"{m} is not a frames manifest ({type(e).__name__}); rerun `t2v frames`") from None
+    return df[ok].reset_index(drop=True) if ok_only else df
 
 
 class ShardDataset(Dataset):
@@ -37,6 +41,24 @@ class ShardDataset(Dataset):
             df = df[df["id"].isin(set(ids))]
         self.rows = df.reset_index(drop=True)
         self._files: dict[str, object] = {}
+        self._check_ids()
+
+    def _check_ids(self) -> None:
+        """Each row's clip must be the one its shard stores under that id: a shard replaced after
+        the manifest was written would otherwise pair clips with other samples' captions."""
+        for shard, rows in self.rows.groupby("shard"):
+            path = self.root / "shards" / str(shard)
+            try:
+                with h5py.File(path, "r") as f:
+                    stored = f["ids"].asstr()[:]
+                    n = len(f["videos"])
+            except (OSError, KeyError, ValueError) as e:
+                raise UserError(f"{path} is missing or unreadable ({type(e).__name__}); rerun `t2v frames`") from None
+            index = rows["index"].to_numpy(dtype=np.int64)
+            if (index < 0).any() or (index >= min(n, len(stored))).any() or \
+                    list(stored[index]) != rows["id"].tolist():
+                raise UserError(f"{path} does not hold the clips {self.root}/manifest.csv lists for it (the shard "
+                                "was replaced or the manifest edited); delete it and rerun `t2v frames`")
 
     def __len__(self) -> int:
         return len(self.rows)

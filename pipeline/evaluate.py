@@ -206,10 +206,14 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     cache = Path(cfg.cache or Path(cfg.data[0]) / "evaluators")
     path = cache / f"evaluator-{_data_hash(cfg)}.pt"
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model = Evaluator(len(state["templates"]), len(state["objects"]))
-        model.load_state_dict(state["model"])
-        return dict(state, model=model.eval(), path=path, cached=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = Evaluator(len(state["templates"]), len(state["objects"]))
+            model.load_state_dict(state["model"])
+            return dict(state, model=model.eval(), path=path, cached=True)
+        except Exception as e:  # noqa: BLE001  a torn or foreign cache file: train a new one over it
+            print(f"warning: cached evaluator {path} is unreadable ({type(e).__name__}); training it again",
+                  file=sys.stderr)
 
     templates, objects = sorted(set(df["template"])), sorted(set(df["object"]))
     t = torch.tensor([templates.index(v) for v in df["template"]])
@@ -510,6 +514,16 @@ def log_to_mlflow(run_dir: Path, run_cfg: dict, r: dict, eval_json: Path | None 
         return None
 
 
+def validate(cfg: EvalConfig) -> None:
+    """The numbers of an EvalConfig, checked before any work (or submission)."""
+    if cfg.samples < 2:
+        raise UserError("--samples must be >= 2 (diversity compares samples of one prompt)")
+    for name, v in (("--evaluator-steps", cfg.steps), ("--max-prompts", cfg.max_prompts),
+                    ("--min-clips", cfg.min_clips)):
+        if v < 1:
+            raise UserError(f"{name} must be >= 1, not {v}")
+
+
 def run(cfg: EvalConfig, progress: bool = True) -> dict:
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.json"
@@ -518,8 +532,7 @@ def run(cfg: EvalConfig, progress: bool = True) -> dict:
     run_cfg = json.loads(saved.read_text())
     if not cfg.data:
         cfg = replace(cfg, data=(Path(run_cfg["data"]),))
-    if cfg.samples < 2:
-        raise UserError("--samples must be >= 2 (diversity compares samples of one prompt)")
+    validate(cfg)
     if cfg.i3d:
         load_i3d(cfg.i3d)  # a bad file fails now, not after the evaluator has trained
     g = load_generator(run_dir, cfg.checkpoint, _device(cfg.device))

@@ -26,10 +26,42 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, someone else's
+    return True
+
+
+def owner_gone(tmp: Path) -> bool:
+    """True if ``tmp``'s writer (the HOST-PID of its name) is a process on this host that no
+    longer runs. A writer on another host, or a name without an owner, is left alone: on a
+    shared file system a temporary may belong to a live task elsewhere."""
+    _, sep, owner = Path(tmp).name.rpartition(".tmp-")
+    host, _, pid = owner.rpartition("-")
+    if not sep or not pid.isdigit():
+        return False
+    if host and host != socket.gethostname():
+        return False
+    return not alive(int(pid))
+
+
 def stale_temps(final: Path) -> list[Path]:
-    """Temporary files of ``final`` left by killed writers (any host, any pid)."""
+    """Temporary files of ``final`` left by writers that are gone (SIGKILL mid-write, say);
+    a live writer's temporary, here or on another node, is never among them."""
     final = Path(final)
-    return list(final.parent.glob(f".{final.name}.tmp-*"))
+    return [p for p in final.parent.glob(f".{final.name}.tmp-*") if owner_gone(p)]
+
+
+def remove_stale_temps(folder: Path, pattern: str) -> list[Path]:
+    """Remove the temporaries matching ``pattern`` in ``folder`` whose writer is gone."""
+    gone = [p for p in Path(folder).glob(pattern) if owner_gone(p)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def fsync_path(path: Path) -> None:

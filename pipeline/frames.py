@@ -182,11 +182,27 @@ def run_shard(cfg: FramesConfig, k: int, progress: bool = True) -> dict:
 
 
 def ensure_manifest(cfg: FramesConfig, p: Plan) -> bool:
-    """Write manifest.csv once every shard exists (if it isn't there yet); True if it exists."""
+    """Write manifest.csv once every shard exists (if it isn't there yet, or its captions are not
+    the labels file's any more); True if it exists."""
     manifest = Path(cfg.out) / "manifest.csv"
-    if all(shard_path(cfg, j).exists() for j in range(len(p.shards))) and not manifest.exists():
+    if all(shard_path(cfg, j).exists() for j in range(len(p.shards))) and not _manifest_current(manifest, p):
         write_manifest(cfg, p)
     return manifest.exists()
+
+
+def _manifest_current(manifest: Path, p: Plan) -> bool:
+    """The manifest exists and its captions are the labels file's (the shards hold only pixels, so
+    a changed caption means a new manifest, not new shards)."""
+    import pandas as pd
+
+    if not manifest.exists():
+        return False
+    try:
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        have = list(zip(df["id"], df["label"], df["template"], df["placeholders"]))
+    except (ValueError, KeyError, pd.errors.ParserError):
+        return False
+    return have == [(s.id, s.label, s.template, json.dumps(list(s.placeholders))) for s in p.samples]
 
 
 def _finish(cfg: FramesConfig, p: Plan, k: int) -> dict:
@@ -226,14 +242,16 @@ def summary(manifest: Path) -> dict[str, int]:
     return {s: int(counts.get(s, 0)) for s in STATUSES}
 
 
-def prepare(cfg: FramesConfig) -> Plan:
+def prepare(cfg: FramesConfig, p: Optional[Plan] = None) -> Plan:
     """Run-level set-up before any task: make dirs, drop a stale manifest, save the config."""
-    p = plan(cfg)
+    p = p or plan(cfg)
     out = Path(cfg.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
     if p.todo and manifest.exists():
         manifest.unlink()  # it described shards that are gone
+    elif not p.todo:
+        ensure_manifest(cfg, p)  # a caption changed in the labels: the manifest follows
     cfg_file = out / "frames_config.json"
     if not cfg_file.exists():
         write_json(cfg_file, to_dict(cfg), sort_keys=True)

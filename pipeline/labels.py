@@ -48,20 +48,45 @@ def read_labels(path) -> list[Sample]:
         raise UserError(f"labels file {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"labels file {path} is not valid JSON: {e.msg} (line {e.lineno})") from None
+    except RecursionError:
+        raise UserError(f"labels file {path} nests too deeply to be a labels list") from None
     if not isinstance(rows, list):
         raise UserError(f"labels file {path}: expected a JSON list of samples, got {type(rows).__name__}")
     out, seen = [], set()
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or not {"id", "template"} <= r.keys():
             raise UserError(f"labels file {path}: entry {i} lacks 'id' or 'template'")
-        sid = str(r["id"])
+        sid = check_id(r["id"], f"labels file {path}: entry {i}")
         if sid in seen:
             raise UserError(f"labels file {path}: duplicate id {sid}")
         seen.add(sid)
-        ph = tuple(str(p) for p in r.get("placeholders") or ())
-        label = str(r.get("label") or fill(r["template"], ph))
-        out.append(Sample(sid, label, str(r["template"]), ph))
+        ph = r.get("placeholders") or []
+        # A string here would be split into its characters; anything but text is not a caption word.
+        if not isinstance(ph, list) or not all(isinstance(p, str) for p in ph):
+            raise UserError(f"labels file {path}: entry {i} (id {sid}): 'placeholders' must be a list of "
+                            f"strings, got {json.dumps(ph)[:80]}")
+        for key in ("template", "label"):
+            if key in r and not isinstance(r[key], str):
+                raise UserError(f"labels file {path}: entry {i} (id {sid}): '{key}' must be a string")
+        label = r.get("label") or fill(r["template"], ph)
+        out.append(Sample(sid, label, r["template"], tuple(ph)))
     return out
+
+
+# A video id names a file in --videos: no separators, no "..", no glob characters, no leading dot.
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def check_id(value, where: str) -> str:
+    """A sample id as a safe file-name stem (ints, as some label files write them, become text);
+    an id that could reach outside the videos folder is a UserError."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise UserError(f"{where}: id must be a string, got {json.dumps(value)[:80]}")
+    sid = str(value)
+    if not _ID.fullmatch(sid) or ".." in sid:
+        raise UserError(f"{where}: id {sid[:80]!r} is not a plain file name (letters, digits, '_', '-', '.'); "
+                        "ids name files inside --videos")
+    return sid
 
 
 def select_templates(samples: list[Sample], templates) -> list[Sample]:

@@ -86,6 +86,10 @@ def sample(run_dir, texts, n: int = 4, seed: int = 0, out="samples.gif", checkpo
     g = load_generator(run_dir, checkpoint)
     cond = conditions(g.vocab, texts)
     clips = to_uint8(render(g.G, cond, n, seed))  # P,n,T,H,W,3
+    if out.suffix and out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a file name or a directory without an extension")
+    if not out.suffix and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give FILE.gif, FILE.mp4, FILE.h5 or a directory")
     if out.suffix.lower() == ".h5":
         paths = [write_h5(clips, texts, out)]
     elif out.suffix:

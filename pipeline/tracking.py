@@ -16,8 +16,11 @@ import hashlib
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+from .errors import UserError
 from .files import write_text
 from .tracking_server import artifact_root, resolve
 
@@ -34,6 +37,21 @@ def default_uri(base: Path) -> str:
     return f"sqlite:///{(Path(base) / 'mlruns' / 'mlflow.db').absolute()}"
 
 
+def _wait_for_server(uri: str, timeout_s: float = 10.0) -> None:
+    """Say what we wait for, and for at most ``timeout_s``: MLflow's client retries a dead server
+    for minutes (7 retries with backoff) without a word."""
+    print(f"MLflow: asking {uri} (giving up after {timeout_s:g} s)", file=sys.stderr, flush=True)
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: a server is there (e.g. one that wants a login for /health)
+    except (OSError, ValueError) as e:
+        raise UserError(f"no MLflow server answers at {uri} ({getattr(e, 'reason', e)}); start it or pass "
+                        "another --tracking-uri") from None
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # it answered: later calls need no patience
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def prepare_store(uri: str, experiment: str, client=None) -> str:
     """Create the store (schema migrations) and the experiment once, in the submitting process.
 
@@ -45,6 +63,8 @@ def prepare_store(uri: str, experiment: str, client=None) -> str:
 
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        _wait_for_server(uri)
     client = client or MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

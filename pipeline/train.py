@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import dist
+from . import dist, rundir
 from .augment import augment, parse
 from .checkpoints import FORMAT, checkpoint_paths, load_latest, save_checkpoint
 from .clips import Block, labelled, to_uint8, write_both
@@ -222,11 +222,24 @@ def _plain_default(v):
     return str(v) if isinstance(v, Path) else v
 
 
-def check(cfg: TrainConfig) -> dict:
-    """Everything that can be wrong before a job starts; returns what the plan prints."""
-    for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints"):
+def check(cfg: TrainConfig, world: int = 1) -> dict:
+    """Everything that can be wrong before a job starts (and before anything is written to the
+    run dir, so a refused run leaves nothing behind); returns what the plan prints."""
+    for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints", "frames",
+              "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples"):
         if getattr(cfg, k) < 1:
-            raise UserError(f"{k} must be >= 1")
+            raise UserError(f"{k} must be >= 1, not {getattr(cfg, k)}")
+    for k in ("lr_g", "lr_d"):
+        if not 0 < getattr(cfg, k) < float("inf"):
+            raise UserError(f"{k} must be > 0, not {getattr(cfg, k)}")
+    for k in ("beta1", "beta2", "ema_beta"):
+        if not 0 <= getattr(cfg, k) < 1:
+            raise UserError(f"{k} must be in [0, 1), not {getattr(cfg, k)}")
+    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb"):
+        if not 0 <= getattr(cfg, k) < float("inf"):
+            raise UserError(f"{k} must be >= 0, not {getattr(cfg, k)}")
+    if cfg.batch % world:
+        raise UserError(f"batch {cfg.batch} does not split evenly over {world} ranks")
     if not (Path(cfg.data) / "manifest.csv").exists():
         raise UserError(f"{cfg.data} is not a finished frames output (no manifest.csv)")
     shard = _shard_attrs(cfg.data)
@@ -240,8 +253,11 @@ def check(cfg: TrainConfig) -> dict:
     if data.cond.shape[1] != vocab.cond_dim:
         raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, expected "
                         f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
+    if (len(data) // world) // (cfg.batch // world) == 0:
+        raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "
+                        "rank(s); lower --set batch")
     saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists():
+    if saved.exists() and checkpoint_paths(cfg.run_dir):  # with no checkpoint there is no run to keep
         old = json.loads(saved.read_text())
         new = to_dict(cfg)
         # A key the saved config lacks was added to the code since: it had its default then.
@@ -590,16 +606,26 @@ def _export(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, info: dict, pr
 TICK_KEYS = ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake")
 
 
+def _lock_and_write_config(cfg: TrainConfig, run_dir: Path, env):
+    """Rank 0 takes the run dir's lock (one run per run dir; released when this one ends), then
+    writes config.json; every rank learns whether the lock was held by another run."""
+    lock = rundir.RunLock(run_dir) if env.main else None
+    if held := dist.broadcast_object(lock.acquire() if lock else None):
+        raise UserError(f"{run_dir} is in use by another training run ({held}); wait for it to end or stop it")
+    if env.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", to_dict(cfg), sort_keys=True)
+    dist.barrier()
+    return lock
+
+
 def run(cfg: TrainConfig) -> dict:
     # Set up: ranks, checks, the config in the run dir.
     env = dist.init(cfg.device)
     device = torch.device(env.device)
     run_dir = Path(cfg.run_dir)
-    info = check(cfg)
-    if env.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", to_dict(cfg), sort_keys=True)
-    dist.barrier()
+    info = check(cfg, env.world)  # before anything is written: a refused run leaves nothing behind
+    lock = _lock_and_write_config(cfg, run_dir, env)
 
     # Models, and the step to go on from.
     gan = GAN(cfg, info["cond_dim"], device, info["parts"])
@@ -669,6 +695,8 @@ def run(cfg: TrainConfig) -> dict:
         final = {"finished": "FINISHED", "cancelled": "KILLED", "failed": "FAILED"}.get(status)
         if tracker and final:
             tracker.finish(final)
+        if lock:
+            lock.release()
         dist.shutdown()
     return {"status": status, "step": step, "run_dir": str(run_dir), "world": env.world,
             "rank_digests": digests, "mlflow_run_id": run_id, "rank_run_ids": run_ids}

@@ -165,6 +165,11 @@ def parse(cfg: VocabConfig):
     """Labels -> kept samples (id, template, text, tokens) and exclusions by reason."""
     if not cfg.labels:
         raise UserError("give at least one --labels file")
+    if cfg.epoch < 1:
+        raise UserError(f"--epoch must be >= 1, not {cfg.epoch}")
+    for extra in cfg.corpus:  # here, before submission, not in the job
+        if not Path(extra).is_file():
+            raise UserError(f"--corpus file not found: {extra}")
     samples, seen = [], set()
     for path in cfg.labels:
         rows = read_labels(path)
@@ -369,12 +374,18 @@ class Vocab:
         self.root = Path(root)
         if not (self.root / "vocab.json").exists():
             raise UserError(f"{self.root} is not a finished vocab dir (no vocab.json); run `t2v vocab`")
-        self.info = json.loads((self.root / "vocab.json").read_text())
-        with h5py.File(self.root / "embeddings.h5", "r") as f:
-            self.tokens = [t.decode() for t in f["tokens"][:]]
-            self.vectors = f["vectors"][:]
-        with h5py.File(self.root / "samples.h5", "r") as f:
-            self.cond_mean, self.cond_whiten = f["cond_mean"][:], f["cond_whiten"][:]
+        name = "vocab.json"
+        try:
+            self.info = json.loads((self.root / name).read_text())
+            name = "embeddings.h5"
+            with h5py.File(self.root / name, "r") as f:
+                self.tokens = [t.decode() for t in f["tokens"][:]]
+                self.vectors = f["vectors"][:]
+            name = "samples.h5"
+            with h5py.File(self.root / name, "r") as f:
+                self.cond_mean, self.cond_whiten = f["cond_mean"][:], f["cond_whiten"][:]
+        except (OSError, KeyError, ValueError, TypeError) as e:  # torn, truncated or foreign files
+            raise UserError(f"{self.root / name} is unreadable ({type(e).__name__}); rebuild it with `t2v vocab`") from None
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self._ft = None
 

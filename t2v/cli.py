@@ -10,17 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+from jobs.cluster import fit
 from jobs.executor import EXECUTORS, Resources
 from jobs.stages import Launch, run_frames, run_sweep, run_train, run_vocab
 from jobs.status import status
 from jobs.submit import submit
 from pipeline import evaluate
 from pipeline.errors import UserError
-from pipeline.evaluate import EvalConfig
+from pipeline.evaluate import EvalConfig, validate
+from pipeline.rundir import check_out
 from pipeline.frames import FramesConfig
 from pipeline.labels import fill, read_labels
 from pipeline.manifests import load_subset
@@ -113,9 +116,11 @@ def _executor_flags(p, array: bool = True) -> None:
     g.add_argument("--partition", default=d.partition)
     g.add_argument("--account", default=d.account)
     g.add_argument("--qos", default=d.qos)
-    g.add_argument("--timeout-min", type=int, default=d.timeout_min)
-    g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task)
-    g.add_argument("--mem-gb", type=float, default=d.mem_gb)
+    # Defaults are None so that a value the user gave can be told from ours: on SLURM ours
+    # are lowered to what the partition offers, a given one that cannot fit is refused.
+    g.add_argument("--timeout-min", type=int, help=f"(default {d.timeout_min}, or the partition's limit)")
+    g.add_argument("--cpus-per-task", type=int, help=f"(default {d.cpus_per_task}, or what a node has)")
+    g.add_argument("--mem-gb", type=float, help="memory per node (default: none requested, the site's default)")
     if array:
         g.add_argument("--array-parallelism", type=int, default=d.array_parallelism,
                        help="most tasks running at once (local: also capped by CPU count)")
@@ -187,9 +192,9 @@ def _train_command(sub) -> None:
                         "writes don't race on the file (auto: for sweeps, not for one run; "
                         "see docs/hardening.md)")
     _executor_flags(p, array=False)
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--tasks-per-node", type=int, default=1, help="ranks per node (one per GPU)")
-    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--nodes", type=int, help="(default 1)")
+    p.add_argument("--tasks-per-node", type=int, help="ranks per node, one per GPU (default 1)")
+    p.add_argument("--gpus-per-node", type=int, help="(default 0)")
 
 
 def _result_commands(sub) -> None:
@@ -257,17 +262,34 @@ def _parser() -> argparse.ArgumentParser:
     return top
 
 
+def _resources(a) -> Resources:
+    """The flags' Resources; on SLURM checked against the cluster (jobs/cluster.py), which refuses
+    a request no node can meet before anything is submitted (also for --dry-run)."""
+    given = {k: getattr(a, k, None) for k in ("partition", "account", "qos", "timeout_min", "cpus_per_task",
+                                              "mem_gb", "array_parallelism", "nodes", "tasks_per_node",
+                                              "gpus_per_node")}
+    given = {k: v for k, v in given.items() if v is not None}
+    for k in ("timeout_min", "cpus_per_task", "mem_gb", "array_parallelism", "nodes", "tasks_per_node"):
+        if k in given and given[k] <= 0:
+            raise UserError(f"--{k.replace('_', '-')} must be > 0, not {given[k]:g}")
+    if given.get("gpus_per_node", 0) < 0:
+        raise UserError("--gpus-per-node must be >= 0")
+    res = Resources(**given, asked=frozenset(given))
+    return fit(res, getattr(a, "cmd", None) or "job") if getattr(a, "executor", "local") == "slurm" else res
+
+
+def _ranks(a) -> int:
+    return (getattr(a, "nodes", None) or 1) * (getattr(a, "tasks_per_node", None) or 1)
+
+
 def _launch(a) -> Launch:
     """The "where it runs" flags of a stage command."""
-    res = Resources(partition=a.partition, account=a.account, qos=a.qos, timeout_min=a.timeout_min,
-                    cpus_per_task=a.cpus_per_task, mem_gb=a.mem_gb,
-                    array_parallelism=getattr(a, "array_parallelism", 1), nodes=getattr(a, "nodes", 1),
-                    tasks_per_node=getattr(a, "tasks_per_node", 1), gpus_per_node=getattr(a, "gpus_per_node", 0))
-    return Launch(executor=a.executor, res=res, dry_run=a.dry_run, wait=not a.no_wait,
+    return Launch(executor=a.executor, res=_resources(a), dry_run=a.dry_run, wait=not a.no_wait,
                   tracking_server=getattr(a, "tracking_server", "auto"))
 
 
 def cmd_toy_data(a) -> int:
+    check_out(a.out)
     meta = make_toy(a.out, videos=a.videos, seed=a.seed)
     print(f"wrote {meta['counts']['train']} train + {meta['counts']['validation']} validation clips "
           f"to {a.out}/videos, labels in {a.out}/labels, held-out prompts in {a.out}/toy_meta.json")
@@ -308,6 +330,8 @@ def cmd_vocab(a) -> int:
 
 
 def cmd_neighbors(a) -> int:
+    if a.k < 1:
+        raise UserError(f"-k must be >= 1, not {a.k}")
     v = Vocab(a.vocab)
     toks, _ = v.encode(a.word)
     known = [t for t in toks if t in v.index]
@@ -326,7 +350,7 @@ def train_config(a):
     sets.append(f"tracking_uri={a.tracking_uri or default_uri(Path.cwd())}")
     if a.experiment:
         sets.append(f"experiment={a.experiment}")
-    if a.executor != "local" and a.nodes * a.tasks_per_node > 1 and a.executor == "debug":
+    if a.executor == "debug" and _ranks(a) > 1:
         raise UserError("the debug executor runs one process; use --executor local or slurm for several ranks")
     return build_config(a.data.absolute(), a.vocab.absolute(), a.run_dir.absolute(), a.preset, sets)
 
@@ -376,7 +400,7 @@ def cmd_compare(a) -> int:
 
 
 def cmd_submit(a) -> int:
-    stages = [s.strip() for s in a.stages.split(",")] if a.stages else None
+    stages = [s.strip() for s in a.stages.split(",") if s.strip()] if a.stages is not None else None
     return submit(a.spec, stages, a.executor, a.dry_run)
 
 
@@ -398,6 +422,9 @@ def demo_prompts(meta: dict, train_labels: Path) -> list[str]:
 def cmd_demo(a) -> int:
     """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
     t0 = time.perf_counter()
+    validate(EvalConfig(run_dir=Path(a.out), steps=a.evaluator_steps, min_clips=a.min_clips))  # before hours of work
+    if a.videos < 1 or a.steps < 1:
+        raise UserError("--videos and --steps must be >= 1")
     out = Path(a.out).absolute()
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
@@ -470,6 +497,14 @@ def main(argv=None) -> int:
         return handler(a)
     except UserError as e:
         print(f"t2v {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a write refused: --out a file, read-only, the disk full
+        print(f"t2v {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:  # ffmpeg writing a clip (the disk full, a bad path)
+        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        print(f"t2v {a.cmd}: error: {Path(str(e.cmd[0])).name} failed: {lines[-1] if lines else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

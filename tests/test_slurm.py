@@ -83,7 +83,7 @@ def test_two_node_ddp_over_gloo(slurm, prepared, tmp_path):
     sets = sum((["--set", s] for s in TINY), [])
     r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
             "--preset", "debug_cpu", "--max-steps", "3", *sets, "--executor", "slurm", "--nodes", "2",
-            "--tasks-per-node", "1", "--cpus-per-task", "1", *SMALL,
+            "--tasks-per-node", "1", "--cpus-per-task", "1",  # no memory or time limit given: the defaults fit
             "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert "weights on 2 rank(s): identical" in r.stdout, r.stdout + r.stderr
     job = re.search(r"submitted job (\d+)", r.stderr)[1]
