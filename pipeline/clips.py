@@ -124,8 +124,6 @@ def write(frames: np.ndarray, path: Path, fps: int = 8, scale: int = 4) -> Path:
     clip, without dithering (dither noise defeats both LZW and the encoder's reuse of
     unchanged pixels between frames, which keeps the still labels nearly free).
     """
-    from .rundir import tmp_name
-
     t, h, w, _ = frames.shape
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

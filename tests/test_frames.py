@@ -172,9 +172,13 @@ def test_bad_input_is_one_clear_line(toy, tmp_path, case):
 
 
 def test_dry_run_prints_the_sbatch_array(toy, tmp_path):
+    """Written for another site's cluster: with no cluster to ask here (no SLURM_CONF), the
+    script is printed unchecked (tests/test_cluster.py checks requests against a real one)."""
     out = tmp_path / "out"
-    r = frames(toy, out, "--shard-size", "10", "--executor", "slurm", "--dry-run", "--partition", "cpu",
-               "--array-parallelism", "2")
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    r = t2v("frames", "--labels", toy / "labels" / "train.json", "--videos", toy / "videos", "--out", out,
+            "--shard-size", "10", "--executor", "slurm", "--dry-run", "--partition", "cpu",
+            "--array-parallelism", "2", env=env)
     assert "4 to do" in r.stdout
     assert "#SBATCH --array=0-3%2" in r.stdout and "#SBATCH --partition=cpu" in r.stdout
     assert "submitit.core._submit" in r.stdout and "#SBATCH --open-mode=append" in r.stdout

@@ -170,7 +170,7 @@ def test_a_torn_newest_checkpoint_is_not_done_and_not_named_as_the_resume_point(
 
 
 def test_a_checkpoint_temporary_left_by_a_killed_writer_is_removed(trained, tmp_path):
-    from pipeline.train import load_latest, save_checkpoint
+    from pipeline.checkpoints import load_latest, save_checkpoint
 
     d = tmp_path / "run" / "checkpoints"
     d.mkdir(parents=True)
@@ -206,11 +206,11 @@ def test_a_changed_caption_reaches_the_manifest_of_a_finished_output(toy, tmp_pa
 def test_frames_keeps_the_temporaries_of_a_live_writer(toy, tmp_path):
     out = tmp_path / "f"
     (out / "shards").mkdir(parents=True)
-    live = out / "shards" / f"shard-00000.h5.tmp-{socket.gethostname()}-{os.getppid()}"
+    live = out / "shards" / f".shard-00000.h5.tmp-{socket.gethostname()}-{os.getppid()}"  # files.temp_path
     live.write_bytes(b"in flight")
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = out / "shards" / f"shard-00000.h5.tmp-{socket.gethostname()}-{dead.pid}"
+    stale = out / "shards" / f".shard-00000.h5.tmp-{socket.gethostname()}-{dead.pid}"
     stale.write_bytes(b"")
     frames(toy, toy / "labels/train.json", out)
     assert live.read_bytes() == b"in flight" and not stale.exists()
