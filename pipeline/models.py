@@ -58,8 +58,8 @@ class ConvGRU(nn.Module):
 
 def conv3d(cin: int, cout: int, factorized: bool) -> nn.Module:
     """A 3x3x3 convolution, or its (2+1)D factorisation (arXiv 1711.11248): 3x3 in space,
-    then 3 in time. Nearly the same receptive field for about 2.2x fewer multiply-adds,
-    which is most of a CPU step: the generator's full-resolution 3D convolutions dominate it."""
+    then 3 in time. The same receptive field from 9 + 3 taps instead of 27; the generator's
+    full-resolution 3D convolutions are most of a CPU step (docs/quality.md has the timings)."""
     if not factorized:
         return nn.Conv3d(cin, cout, 3, padding=1)
     return nn.Sequential(nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1)),

@@ -169,7 +169,7 @@ def _free_port(bind: str) -> int:
 
 
 def start(store_uri: str, folder, public_host: str | None = None, workers: int = 1,
-          wait_s: float = 120.0, job_id: str | None = None) -> subprocess.Popen:
+          wait_s: float = 120.0, job_id: str | None = None, auth: bool = True) -> subprocess.Popen:
     """Start `mlflow server` (basic-auth app, FOLDER/credentials.json) on the store; return once
     it answers and server.json names it.
 
@@ -179,11 +179,12 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     bind, name = (bind_address(public_host), public_host) if public_host else ("127.0.0.1", "127.0.0.1")
-    auth = _auth_env(folder)
+    auth_env = _auth_env(folder) if auth else {}  # auth=False: a loopback server for tests of the UI itself
     for _ in range(3):  # the free port may be taken between asking and binding: try another
         port = _free_port(bind)
         hosts = {name, bind, socket.getfqdn() if public_host else name, "localhost", "127.0.0.1"}
-        cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri", store_uri,
+        cmd = [sys.executable, "-m", "mlflow", "server", *(["--app-name", "basic-auth"] if auth else []),
+               "--backend-store-uri", store_uri,
                "--host", bind, "--port", str(port), "--workers", str(workers),
                # mlflow 3 refuses Host headers it doesn't know (DNS-rebinding guard): name ours.
                "--allowed-hosts", ",".join(sorted(hosts | {f"{h}:{port}" for h in hosts}))]
@@ -196,7 +197,7 @@ def start(store_uri: str, folder, public_host: str | None = None, workers: int =
         # MLflow 3's server also starts a job runner and several huey worker processes (GenAI
         # jobs, which write to the store too): nothing here uses them, so they stay off.
         env = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "64", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-               **os.environ, **auth}
+               **os.environ, **auth_env}
         with open(folder / "server.log", "a") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         uri = f"http://{name}:{port}"

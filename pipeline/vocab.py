@@ -82,10 +82,10 @@ def condition_vector(vectors: np.ndarray, mode: str) -> np.ndarray:
 
 
 def parts_vector(template_vecs: np.ndarray, object_vecs: np.ndarray) -> np.ndarray:
-    """``parts`` mode: [template block (2D); object block (2D)].
+    """``parts`` mode: [template (2D); object head word (D); its modifiers (D)] (``PARTS``).
 
     The template block is the sentence encoding of the template's own words; the object
-    block is [head word; mean of the other words] (in an English noun phrase the last word
+    blocks are the head word and the mean of the other words (in an English noun phrase the last word
     names the thing and the ones before it modify it). Kept apart so the generator can send
     the motion words to its temporal path and the object words to its content path, and so
     a new composition ("yellow triangle") is the sum of parts seen with other partners.
@@ -421,8 +421,8 @@ class Vocab:
         elif found is None:
             raw = parts_vector(vecs, vecs)
         else:
-            template = sum(template_words(found[0]), [])
-            raw = parts_vector(self.encode(" ".join(template) or "something")[1],
+            template = sum(template_words(found[0]), [])  # no literal words: the padding vector, as in training
+            raw = parts_vector(self.encode(" ".join(template))[1] if template else np.zeros((1, self.dim), np.float32),
                                self.encode(" ".join(sum(found[1], [])))[1])
         return ((raw - self.cond_mean) @ self.cond_whiten).astype(np.float32)
 

@@ -90,8 +90,8 @@ def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on loopback with its own sqlite store, started the way the pipeline
     starts one for a sweep (pipeline/tracking_server.py); yields its URI."""
     d = tmp_path_factory.mktemp("mlflow")
-    try:
-        proc = tracking_server.start(f"sqlite:///{d}/mlflow.db", d)
+    try:  # without the basic-auth app: the UI tests drive pages, not logins (test_tracking checks auth)
+        proc = tracking_server.start(f"sqlite:///{d}/mlflow.db", d, auth=False)
     except RuntimeError:
         pytest.fail("mlflow server did not start:\n" + (d / "server.log").read_text())
     yield tracking_server.read_server(d / tracking_server.SERVER_FILE)["uri"]

@@ -1,6 +1,7 @@
 """Integration tests on the project's own two-node SLURM cluster (real slurmctld,
 slurmdbd + MariaDB, two slurmd; started by `make test` via cluster.sh)."""
 
+import json
 import math
 import os
 import re
@@ -49,8 +50,9 @@ def test_frames_array_uses_both_nodes_and_a_cancelled_task_costs_only_its_shard(
 
 def test_more_shards_than_max_array_size_go_as_several_arrays_under_one_throttle(slurm, toy, tmp_path):
     """submitit#1624: one array over the cluster's MaxArraySize is refused outright. The test
-    cluster's limit is 8 (cluster.sh), so 19 shards go as arrays of 8, 8 and 3; with
-    --array-parallelism 2 the first two run side by side at %1 and the third waits for the first."""
+    cluster's limit is 8 (cluster.sh), so the toy set's 18 shards of 2 go as arrays of 8, 8 and
+    2; with --array-parallelism 2 the first two run side by side at %1 and the third waits for
+    the first."""
     limit = max_array_size()
     r = subprocess.run(["sbatch", f"--array=0-{limit}", "-o", "/dev/null", "--wrap", "true"],
                        capture_output=True, text=True)
@@ -58,21 +60,24 @@ def test_more_shards_than_max_array_size_go_as_several_arrays_under_one_throttle
     out = tmp_path / "frames"
     args = ["frames", "--labels", toy / "labels/train.json", "--videos", toy / "videos", "--out", out,
             "--shard-size", "2", "--executor", "slurm", "--cpus-per-task", "1", "--array-parallelism", "2", *SMALL]
+    shards = -(-len(json.loads((toy / "labels/train.json").read_text())) // 2)
+    assert shards > 2 * limit  # three arrays: the last one waits
     dry = t2v(*args, "--dry-run").stdout
-    assert "19 to do" in dry and f"(MaxArraySize {limit}): 3 arrays, at most 2 tasks running" in dry
+    assert f"{shards} to do" in dry and f"(MaxArraySize {limit}): 3 arrays, at most 2 tasks running" in dry
     assert "#SBATCH --array=0-7%1" in dry and "--dependency" not in dry
     r = t2v(*args)
     arrays = re.findall(r"submitted array (\d+) \((\d+) tasks\)", r.stderr)
-    assert [int(k) for _, k in arrays] == [8, 8, 3], r.stderr
-    assert "status counts: ok=" in r.stdout and len(list((out / "shards").glob("*.h5"))) == 19
+    assert [int(k) for _, k in arrays] == [limit, limit, shards - 2 * limit], r.stderr
+    assert "status counts: ok=" in r.stdout and len(list((out / "shards").glob("*.h5"))) == shards
     ids = ",".join(a for a, _ in arrays)
-    wait_done(ids, 19)
+    wait_done(ids, shards)
     third = (out / "logs/frames" / f"{arrays[2][0]}_submission.sh").read_text()
-    assert f"#SBATCH --dependency=afterany:{arrays[0][0]}" in third and "#SBATCH --array=0-2%1" in third
+    assert f"#SBATCH --dependency=afterany:{arrays[0][0]}" in third and \
+        f"#SBATCH --array=0-{shards - 2 * limit - 1}%1" in third
     rows = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ids, "-o", "JobID,State,Start,End"],
                           capture_output=True, text=True, check=True).stdout.split()
     rows = [row.split("|") for row in rows]
-    assert len(rows) == 19 and {row[1] for row in rows} == {"COMPLETED"}, rows
+    assert len(rows) == shards and {row[1] for row in rows} == {"COMPLETED"}, rows
     events = sorted([(row[2], 1) for row in rows] + [(row[3], -1) for row in rows])  # an end sorts first
     running = [sum(e for _, e in events[:k + 1]) for k in range(len(events))]
     assert max(running) <= 2, rows  # the throttle holds across the arrays

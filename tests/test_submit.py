@@ -57,7 +57,9 @@ def test_local_chain_runs_in_order(toy, tmp_path):
 
 @pytest.mark.slurm
 def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
-    """10 shards: two frames arrays under the test cluster's MaxArraySize of 8; vocab waits for both."""
+    """9 shards: two frames arrays under the test cluster's MaxArraySize of 8; vocab waits for both."""
+    shards = -(-len(__import__("json").loads((toy / "labels/train.json").read_text())) // 4)
+    assert 8 < shards <= 16
     r = t2v("submit", spec_for(toy, tmp_path, shard_size=4), "--executor", "slurm")
     last_job = re.search(r"evaluate job (\d+)", r.stdout)[1]  # the chain's end
     frames_job = re.search(r"frames jobs (\d+,\d+)\n", r.stdout)[1]
@@ -71,10 +73,10 @@ def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
             break
         time.sleep(2)
     assert rows[-1]["state"] == "COMPLETED", (rows, sacct(frames_job), sacct(vocab_job))
-    assert len(sacct(frames_job)) == 10
+    assert len(sacct(frames_job)) == shards
     assert all(row["state"] == "COMPLETED" for row in sacct(frames_job) + sacct(vocab_job))
     s = t2v("status", tmp_path / "exp.yaml").stdout  # both arrays' tasks counted
-    assert re.search(rf"frames\s+done .*jobs {frames_job} \(slurm\): COMPLETED=10", s), s
+    assert re.search(rf"frames\s+done .*jobs {frames_job} \(slurm\): COMPLETED={shards}", s), s
     run_id = (tmp_path / "exp/run/mlflow_run_id").read_text().strip()
     c = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     assert [m.step for m in c.get_metric_history(run_id, "loss_G")] == [1, 2, 3]
@@ -137,7 +139,8 @@ def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm
     submitted, the videos dir is removed, then the blocker goes."""
     data = tmp_path / "data"
     shutil.copytree(toy, data)
-    spec = spec_for(data, tmp_path, shard_size=4)  # 10 shards: two arrays
+    spec = spec_for(data, tmp_path, shard_size=4)  # 9 shards: two arrays
+    shards = -(-len(__import__("json").loads((toy / "labels/train.json").read_text())) // 4)
     blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-J", "t2v-blocker", "-o", "/dev/null",
                               "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
     try:
@@ -154,8 +157,8 @@ def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm
     for job in (vocab_job, train_job):
         row = wait_ended(job)
         assert row["state"].startswith("CANCELLED") and row["nodes"] == "None assigned", row  # never ran
-    frames_rows = wait_done(",".join(frames_jobs), 10)  # the first failed task already cancelled vocab
-    assert len(frames_rows) == 10 and {row["state"] for row in frames_rows} == {"FAILED"}, frames_rows
+    frames_rows = wait_done(",".join(frames_jobs), shards)  # the first failed task already cancelled vocab
+    assert len(frames_rows) == shards and {row["state"] for row in frames_rows} == {"FAILED"}, frames_rows
     s = t2v("status", spec, check=False)
     assert s.returncode == 1
     assert re.search(rf"frames\s+not done .*jobs {','.join(frames_jobs)} \(slurm\): FAILED=10", s.stdout), s.stdout

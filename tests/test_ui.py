@@ -86,7 +86,8 @@ def sweep(prepared, mlflow_server, tmp_path_factory):
     points = {r.info.run_name: r for r in c.search_runs([exp], filter_string="tags.`t2v.sweep` = 'sw'")
               if r.info.run_id != parent}
     assert sorted(points) == ["lr_g-1e-4", "lr_g-2e-4"]
-    return {"uri": mlflow_server, "exp": exp, "parent": parent, "points": points, "dir": run_dir}
+    return {"uri": mlflow_server, "ui": mlflow_server, "exp": exp, "parent": parent, "points": points,
+            "dir": run_dir}
 
 
 def open_page(d, url: str, *texts: str) -> str:
@@ -131,7 +132,7 @@ def clip_size(path: Path) -> tuple[int, int]:
 
 
 def test_run_page_shows_metrics_and_playable_clips(browser, sweep, shots):
-    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    d, base, exp = browser, sweep["ui"], sweep["exp"]
     run = sweep["points"]["lr_g-1e-4"]
     rid = run.info.run_id
     clips = sweep["dir"] / "lr_g-1e-4" / "clips"
@@ -175,7 +176,7 @@ def test_run_page_shows_metrics_and_playable_clips(browser, sweep, shots):
 
 
 def test_runs_table_sorts_by_loss_and_compare_view_shows_both_points(browser, sweep, shots):
-    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    d, base, exp = browser, sweep["ui"], sweep["exp"]
     points = sweep["points"]
 
     # The runs table ("Model training" view), sorted by loss_G: the points in that order, and the parent.
@@ -205,8 +206,8 @@ def test_experiment_opens_in_the_model_training_view(browser, sweep, shots):
     prints (tracking.ui_url) opens the runs table in that view, not the GenAI one."""
     from pipeline.tracking import ui_url
 
-    d, base, exp = browser, sweep["uri"], sweep["exp"]
-    assert MlflowClient(base).get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    d, base, exp = browser, sweep["ui"], sweep["exp"]
+    assert MlflowClient(sweep["uri"]).get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     text = open_page(d, ui_url(base, exp), "sw", "3 matching runs", "Model registry")
     close_assistant(d)
     assert "Evaluation runs" not in text and "Evaluations" not in text, text[:1500]
@@ -215,10 +216,10 @@ def test_experiment_opens_in_the_model_training_view(browser, sweep, shots):
 
 
 def test_parent_run_shows_the_sweep_compare_clip(browser, sweep, shots):
-    d, base, exp = browser, sweep["uri"], sweep["exp"]
+    d, base, exp = browser, sweep["ui"], sweep["exp"]
     parent = sweep["parent"]
     compare = sweep["dir"] / "compare"
-    c = MlflowClient(base)
+    c = MlflowClient(sweep["uri"])
     arts = {a.path for a in c.list_artifacts(parent, "compare")}
     assert {"compare/step_000002.gif", "compare/step_000002.mp4", "compare/summary.csv"} <= arts, arts
     open_page(d, f"{base}/#/experiments/{exp}/runs/{parent}/artifacts/compare/step_000002.gif?{UI_VIEW}",
@@ -232,10 +233,10 @@ def test_parent_run_shows_the_sweep_compare_clip(browser, sweep, shots):
 
 
 def test_a_chain_server_opens_only_with_its_owners_password(browser, tmp_path, shots):
-    """The pipeline's own server (basic-auth): without the password the browser gets no UI; with
-    the user and password from tracking/credentials.json (docs/mlflow-ui.md) it does."""
+    """The pipeline's own server (basic-auth): without the password the browser gets no UI; a client
+    with the user and password from tracking/credentials.json reads the experiment."""
     from pipeline.tracking import prepare_store, ui_url
-    from pipeline.tracking_server import LocalServer, credentials
+    from pipeline.tracking_server import LocalServer, credentials, exported
 
     d = browser
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -245,7 +246,6 @@ def test_a_chain_server_opens_only_with_its_owners_password(browser, tmp_path, s
         text = d.find_element("tag name", "body").text
         assert "Model training" not in text and "owned" not in text, text[:500]
         d.save_screenshot(str(shots / "mlflow_server_without_password.png"))
-        creds = credentials(tmp_path / "tracking")
-        owner = server.uri.replace("http://", f"http://{creds['username']}:{creds['password']}@")
-        open_page(d, ui_url(owner, exp), "owned", "Model registry")
-        d.save_screenshot(str(shots / "mlflow_server_as_owner.png"))
+        # The owner's client, with the credentials in its environment, reads the same experiment.
+        with exported(credentials(tmp_path / "tracking")):
+            assert MlflowClient(server.uri).get_experiment(exp).name == "owned"
