@@ -56,11 +56,17 @@ def test_local_chain_runs_in_order(toy, tmp_path):
 
 
 @pytest.mark.slurm
+def _motion_shards(toy, size: int) -> int:
+    """Shards of `size` the spec's frames stage makes: the toy set's train clips of the four motions."""
+    rows = __import__("json").loads((toy / "labels/train.json").read_text())
+    return -(-sum("Showing" not in r["template"] for r in rows) // size)
+
+
 def test_slurm_chain_frames_vocab_train_evaluate(slurm, toy, tmp_path):
-    """9 shards: two frames arrays under the test cluster's MaxArraySize of 8; vocab waits for both."""
-    shards = -(-len(__import__("json").loads((toy / "labels/train.json").read_text())) // 4)
+    """More shards than the test cluster's MaxArraySize of 8: two frames arrays; vocab waits for both."""
+    shards = _motion_shards(toy, 3)
     assert 8 < shards <= 16
-    r = t2v("submit", spec_for(toy, tmp_path, shard_size=4), "--executor", "slurm")
+    r = t2v("submit", spec_for(toy, tmp_path, shard_size=3), "--executor", "slurm")
     last_job = re.search(r"evaluate job (\d+)", r.stdout)[1]  # the chain's end
     frames_job = re.search(r"frames jobs (\d+,\d+)\n", r.stdout)[1]
     vocab_job = re.search(r"vocab job (\d+)", r.stdout)[1]
@@ -139,8 +145,8 @@ def test_a_failed_frames_stage_cancels_the_chain_and_status_names_the_task(slurm
     submitted, the videos dir is removed, then the blocker goes."""
     data = tmp_path / "data"
     shutil.copytree(toy, data)
-    spec = spec_for(data, tmp_path, shard_size=4)  # 9 shards: two arrays
-    shards = -(-len(__import__("json").loads((toy / "labels/train.json").read_text())) // 4)
+    spec = spec_for(data, tmp_path, shard_size=3)  # more shards than MaxArraySize: two arrays
+    shards = _motion_shards(toy, 3)
     blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-J", "t2v-blocker", "-o", "/dev/null",
                               "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
     try:
