@@ -20,19 +20,20 @@ import yaml
 from .errors import UserError
 
 
-def _plain(v):
+def plain(v):
+    """A value as config.json stores it: dataclasses as dicts, paths as strings, tuples as lists."""
     if dataclasses.is_dataclass(v):
         return to_dict(v)
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
+        return [plain(x) for x in v]
     return v
 
 
 def to_dict(cfg) -> dict:
     """A config as JSON-able plain data (paths as strings, tuples as lists)."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
 def fingerprint(d: dict) -> str:

@@ -38,7 +38,7 @@ from .errors import UserError
 from .files import atomic_write, write_json
 from .labels import fill
 from .models import render
-from .sample import load_generator
+from .sample import conditions, load_generator
 from .text import tokenize
 from .tracking import default_uri
 from .tracking_server import resolve
@@ -330,7 +330,7 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     if not seen:
         raise UserError("no prompt of the training data is known to the evaluator")
     prompts = seen + held
-    cond = torch.from_numpy(vocab.conditions([fill(t, ph[o]) for t, o, _ in prompts])).float()
+    cond = conditions(vocab, [fill(t, ph[o]) for t, o, _ in prompts])
     was_training = G.training
     G.eval()
     gen = render(G, cond, cfg.samples, cfg.seed, device)  # P,n,3,T,H,W

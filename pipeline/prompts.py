@@ -13,6 +13,7 @@ import torch
 
 from .data import read_manifest
 from .labels import fill
+from .sample import conditions
 from .vocab import Vocab
 
 
@@ -30,4 +31,4 @@ def clip_prompts(data: Path, n_seen: int = 3, n_heldout: int = 2) -> list[tuple[
 
 def prompt_conditions(vocab_dir: Path, prompts) -> torch.Tensor:
     """(template, object, held_out) rows -> conditions, through the same path as `t2v sample`."""
-    return torch.from_numpy(Vocab(vocab_dir).conditions([fill(t, [o]) for t, o, _ in prompts])).float()
+    return conditions(Vocab(vocab_dir), [fill(t, [o]) for t, o, _ in prompts])

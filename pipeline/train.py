@@ -31,7 +31,7 @@ from .augment import augment, parse
 from .checkpoints import FORMAT, checkpoint_paths, load_latest, save_checkpoint
 from .clips import Block, labelled, to_uint8, write_both
 from .compare import sweep_compare
-from .config import override, to_dict
+from .config import override, plain, to_dict
 from .data import ShardDataset
 from .errors import UserError
 from .evaluate import EvalConfig, evaluate_generator, write_heatmap
@@ -215,13 +215,6 @@ def _shard_attrs(data: Path) -> dict:
         return json.loads(f.attrs["config"])
 
 
-def _plain_default(v):
-    """A field default as config.json stores it (tuples as lists, paths as strings)."""
-    if isinstance(v, tuple):
-        return [_plain_default(x) for x in v]
-    return str(v) if isinstance(v, Path) else v
-
-
 def check(cfg: TrainConfig, world: int = 1) -> dict:
     """Everything that can be wrong before a job starts (and before anything is written to the
     run dir, so a refused run leaves nothing behind); returns what the plan prints."""
@@ -262,7 +255,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
         new = to_dict(cfg)
         # A key the saved config lacks was added to the code since: it had its default then.
         defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-        old = {k: _plain_default(defaults[k]) for k in new if k not in old and k in defaults} | old
+        old = {k: plain(defaults[k]) for k in new if k not in old and k in defaults} | old
         diff = [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
         if diff:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
