@@ -1,8 +1,9 @@
 """Stage runners: a frozen stage config plus a ``Launch`` (where and how it runs) -> the
 stage validated, its plan printed, its tasks run on the executor, its result printed.
 
-The ``t2v`` commands and ``t2v demo`` call these directly. Each returns an exit code:
-0 done (or submitted, or a dry run), 1 a task failed; bad input raises ``UserError``.
+The ``t2v`` commands, ``t2v demo`` and the ``t2v submit`` chain (jobs/submit.py) call these
+directly. Each returns a ``Ran``: its exit code (0 done, submitted or a dry run; 1 a task
+failed; bad input raises ``UserError``) and the ids of the jobs it submitted.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from jobs.executor import Resources, map_tasks, run_job, sbatch_script, split_note
-from jobs.submit import ChainServer, with_dependency
-from jobs.tasks import FramesTask, TrainTask, VocabTask
-from pipeline import frames, train, vocab
+from jobs.executor import Outcome, Resources, map_tasks, run_job, sbatch_script, split_note
+from jobs.server import ChainServer, with_dependency
+from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
+from pipeline import evaluate, frames, train, vocab
 from pipeline.checkpoints import newest_checkpoint
 from pipeline.errors import UserError
+from pipeline.evaluate import EvalConfig
 from pipeline.frames import FramesConfig
 from pipeline.rundir import check_out, holder
 from pipeline.tracking import Tracker, prepare_store
@@ -33,67 +35,107 @@ class Launch:
     dry_run: bool = False  # print the plan (and the sbatch script) only
     wait: bool = True  # False: submit and return (--no-wait)
     tracking_server: str = "auto"  # training: serve a sqlite store through one mlflow server (auto, on, off)
+    # What `t2v submit` sets for a stage of its chain; a command leaves them as they are.
+    name: str = ""  # the jobs' name; "" is t2v-<stage>
+    logs: Path | None = None  # submitit's folder; None is one under the stage's own output
+    queued: bool = False  # behind earlier stages not run yet (a SLURM chain, a dry run): its job reads the inputs
+
+    def job(self, stage: str, logs: Path) -> tuple[str, Path]:
+        """The jobs' name and log folder: the chain's where it gives them, else the command's."""
+        return self.name or f"t2v-{stage}", self.logs or logs
 
 
-def run_frames(cfg: FramesConfig, launch: Launch) -> int:
+@dataclass(frozen=True)
+class Ran:
+    """What a runner did. A value rather than an int plus a list to append to: the commands return
+    `code`, the chain also needs `jobs` (its next stage's afterok, OUT/submissions.json, the graph)."""
+
+    code: int = 0
+    jobs: tuple[str, ...] = ()  # on SLURM each array's id; locally the stage's first job
+    tasks: int = 0  # array tasks submitted (or, in a dry run, that would be)
+
+
+def _ids(outs: list[Outcome], kind: str) -> tuple[str, ...]:
+    """On SLURM, several arrays where MaxArraySize split one (afterok on all of them); locally
+    one process per task, of which the first names the stage."""
+    if kind == "slurm":
+        return tuple(sorted({o.job_id.split("_")[0] for o in outs}, key=int))
+    return tuple(o.job_id for o in outs[:1])
+
+
+def run_frames(cfg: FramesConfig, launch: Launch) -> Ran:
     """Validate, print the plan, then one task per missing shard; the manifest once all exist."""
-    p = frames.plan(cfg)  # validates the inputs before anything is written
-    if not launch.dry_run:
-        check_out(cfg.out)
-        p = frames.prepare(cfg, p)
-    print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
-          f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
-    logs = Path(cfg.out) / "logs" / "frames"  # submitit names files by job id inside
-    res = launch.res
+    name, logs = launch.job("frames", Path(cfg.out) / "logs" / "frames")  # submitit names files by job id inside
     if launch.dry_run:
-        if p.todo:
-            print(f"would run shards {p.todo} on the {launch.executor} executor")
-        if launch.executor == "slurm":
-            if note := split_note(len(p.todo), res):
-                print(note + "; the first:")
-            print(sbatch_script(logs, res, "t2v-frames", array_size=len(p.todo)))
-        return 0
-    outs = map_tasks(FramesTask(cfg), p.todo, kind=launch.executor, folder=logs, res=res,
-                     name="t2v-frames", desc="frames shards", wait=launch.wait)
+        return _frames_dry_run(cfg, launch, name, logs)
+    p = frames.plan(cfg)  # validates the inputs before anything is written
+    check_out(cfg.out)
+    p = frames.prepare(cfg, p)
+    _print_frames_plan(cfg, p)
+    outs = map_tasks(FramesTask(cfg), p.todo, kind=launch.executor, folder=logs, res=launch.res,
+                     name=name, desc="frames shards", wait=launch.wait)
+    ran = Ran(0, _ids(outs, launch.executor), len(outs))
     if launch.executor == "slurm" and not launch.wait:
         print(f"submitted {len(outs)} task(s); the last one to finish writes {cfg.out}/manifest.csv")
-        return 0
+        return ran
     failed = [o for o in outs if not o.ok]
     for o in failed:
         print(f"shard {o.item} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} shard(s) failed; run the same command again to redo only those", file=sys.stderr)
-        return 1
+        return replace(ran, code=1)
     frames.ensure_manifest(cfg, frames.plan(cfg, verify=False))  # e.g. every task was already done
     manifest = Path(cfg.out) / "manifest.csv"
     counts = frames.summary(manifest)
     print("status counts: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     print(f"shards in {cfg.out}/shards, manifest at {manifest}")
-    return 0
+    return ran
 
 
-def run_vocab(cfg: VocabConfig, launch: Launch) -> int:
-    """Validate the labels (and a pretrained file), print the plan, then one vocab task."""
-    samples, kept, excluded = vocab.parse(cfg)  # validate before submitting anything
-    vocab.check_pretrained(cfg)
+def _print_frames_plan(cfg: FramesConfig, p) -> None:
+    print(f"frames: {p.n_labels} labelled samples, {len(p.samples)} after the template filter, "
+          f"{len(p.shards)} shard(s) of <= {cfg.shard_size}; {len(p.done)} complete, {len(p.todo)} to do")
+
+
+def _frames_dry_run(cfg: FramesConfig, launch: Launch, name: str, logs: Path) -> Ran:
+    """The plan and, on SLURM, the (first) array's script. A chain's dry run may come before its
+    labels exist (toy data is made when it runs): then the script of a single task."""
+    todo = []
+    if not launch.queued or Path(cfg.labels).exists():
+        p = frames.plan(cfg)
+        _print_frames_plan(cfg, p)
+        todo = p.todo
+        if todo:
+            print(f"would run shards {todo} on the {launch.executor} executor")
+    if launch.executor == "slurm":
+        if note := split_note(len(todo), launch.res):
+            print(note + "; the first:")
+        print(sbatch_script(logs, launch.res, name, array_size=len(todo) or None))  # submitit refuses 0
+    return Ran(tasks=len(todo))
+
+
+def run_vocab(cfg: VocabConfig, launch: Launch) -> Ran:
+    """Validate the labels (and a pretrained file), print the plan, then one vocab job."""
+    plan = "" if launch.queued else _vocab_plan(cfg)  # validate before submitting anything
     if not launch.dry_run:
         check_out(cfg.out)
-    src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
-    print(f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
-          f"vectors from {src}")
-    logs = Path(cfg.out) / "logs" / "vocab"
+    if plan:
+        print(plan)
+    name, logs = launch.job("vocab", Path(cfg.out) / "logs" / "vocab")
     if launch.dry_run:
         if launch.executor == "slurm":
-            print(sbatch_script(logs, launch.res, "t2v-vocab"))
-        return 0
-    (o,) = map_tasks(VocabTask(cfg), [0], kind=launch.executor, folder=logs, res=launch.res, name="t2v-vocab",
-                     desc="vocab", wait=launch.wait)
+            print(sbatch_script(logs, launch.res, name))
+        return Ran()
+    # --no-wait returns early on SLURM only: a local job is this command's child.
+    o = run_job(VocabTask(cfg), kind=launch.executor, folder=logs, res=launch.res, name=name,
+                wait=launch.wait or launch.executor != "slurm", progress=True)
+    ran = Ran(0, (o.job_id,))
     if not o.ok:
         print(f"vocab failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-        return 1
+        return replace(ran, code=1)
     if o.result is None:  # --no-wait
         print(f"submitted job {o.job_id}")
-        return 0
+        return ran
     info = o.result
     excl = ", ".join(f"{r}={v['count']}" for r, v in info["excluded"].items()) or "none"
     print(f"{info['n_tokens']} tokens x {info['dim']} dims, {info['n_samples']} samples; excluded: {excl}")
@@ -101,7 +143,16 @@ def run_vocab(cfg: VocabConfig, launch: Launch) -> int:
         print(f"warning: {len(info['no_vector'])} word(s) have no vector in the .vec file: "
               f"{', '.join(info['no_vector'][:10])}", file=sys.stderr)
     print(f"wrote {cfg.out}/embeddings.h5, samples.h5, vocab.json" + (", fasttext.bin" if info["subwords"] else ""))
-    return 0
+    return ran
+
+
+def _vocab_plan(cfg: VocabConfig) -> str:
+    """The labels and a pretrained file checked; the plan's line."""
+    samples, kept, excluded = vocab.parse(cfg)
+    vocab.check_pretrained(cfg)
+    src = f"pretrained {cfg.pretrained}" if cfg.pretrained else f"a fastText skipgram (dim {cfg.train_dim}) trained here"
+    return (f"vocab: {len(samples)} labelled samples, {len(kept)} with text to condition on ({cfg.mode} mode); "
+            f"vectors from {src}")
 
 
 def _prepare_tracking(cfg) -> None:
@@ -113,48 +164,72 @@ def _prepare_tracking(cfg) -> None:
               file=sys.stderr)
 
 
-def run_train(cfg: TrainConfig, launch: Launch) -> int:
+def run_train(cfg: TrainConfig, launch: Launch) -> Ran:
     """Check data, vocab and run dir, print the plan, then one training job (of res.nodes x
     res.tasks_per_node ranks); 1 if it failed or its ranks' weights differ."""
     ranks = launch.res.nodes * launch.res.tasks_per_node
-    info = train.check(cfg, ranks)
-    if who := holder(cfg.run_dir):
-        raise UserError(f"{cfg.run_dir} is in use by another training run ({who}); wait for it to end or stop it")
-    if not launch.dry_run:
-        _prepare_tracking(cfg)
-    resumed = [p for p in newest_checkpoint(cfg.run_dir)[:1] if p]  # the file a resume loads, not a torn one
-    print(f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
-          f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
-          + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
-    logs = Path(cfg.run_dir) / "logs"
+    if not launch.queued:  # else the stages before it write its data and vocab; the chain prepared its store
+        plan = _train_plan(cfg, ranks)
+        if not launch.dry_run:
+            _prepare_tracking(cfg)
+        print(plan)
+    name, logs = launch.job("train", Path(cfg.run_dir) / "logs")
     if launch.dry_run:
         if launch.executor == "slurm":
-            print(sbatch_script(logs, launch.res, "t2v-train"))
-        return 0
-    # One run has one writer (rank 0): it gets a server of its own only when asked ("on").
+            print(sbatch_script(logs, launch.res, name))
+        return Ran()
+    # One run has one writer (rank 0): it gets a server of its own only when asked ("on"); in a
+    # chain it logs through the chain's server, which cfg names already.
     server = ChainServer("on" if launch.tracking_server == "on" else "off", cfg.tracking_uri,
                          Path(cfg.run_dir) / "tracking", launch.executor, _server_resources(launch.res, 1), "t2v-train-mlflow",
                          wait=launch.wait)
-    cfg = replace(cfg, tracking_server=server.file)
+    cfg = replace(cfg, tracking_server=server.file or cfg.tracking_server)
     with server:
         o = run_job(TrainTask(cfg), kind=launch.executor, folder=logs, res=with_dependency(launch.res, server.dependency),
-                    name="t2v-train", wait=launch.wait, progress=True)
+                    name=name, wait=launch.wait, progress=True)
         server.serves([o.job_id])
+    ran = Ran(0, (o.job_id,))
     if not o.ok:
         print(f"training failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-        return 1
+        return replace(ran, code=1)
     if o.result is None:
-        return 0
+        return ran
     r = o.result
     same = len(set(r["rank_digests"])) == 1
     print(f"training {r['status']} at step {r['step']}; run dir {r['run_dir']}, MLflow run {r['mlflow_run_id']}")
     print(f"weights on {r['world']} rank(s): " + ("identical" if same else "DIFFERENT: " + ", ".join(r["rank_digests"])))
     print(f"MLflow run id on {r['world']} rank(s): " + ("the same" if len(set(r["rank_run_ids"])) == 1
                                                         else "DIFFERENT: " + ", ".join(map(str, r["rank_run_ids"]))))
-    return 0 if same else 1
+    return replace(ran, code=0 if same else 1)
 
 
-def run_sweep(base: TrainConfig, sweeps, launch: Launch) -> int:
+def _train_plan(cfg: TrainConfig, ranks: int) -> str:
+    """Config, data, vocab and run dir checked; the plan's line."""
+    info = train.check(cfg, ranks)
+    if who := holder(cfg.run_dir):
+        raise UserError(f"{cfg.run_dir} is in use by another training run ({who}); wait for it to end or stop it")
+    resumed = [p for p in newest_checkpoint(cfg.run_dir)[:1] if p]  # the file a resume loads, not a torn one
+    return (f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
+            f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
+            + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
+
+
+def run_evaluate(cfg: EvalConfig, launch: Launch) -> Ran:
+    """Evaluation as a job (the chain's last stage; `t2v evaluate` runs it in this process)."""
+    evaluate.validate(cfg)
+    name, logs = launch.job("evaluate", Path(cfg.run_dir) / "logs" / "evaluate")
+    if launch.dry_run:
+        if launch.executor == "slurm":
+            print(sbatch_script(logs, launch.res, name))
+        return Ran()
+    o = run_job(EvaluateTask(cfg), kind=launch.executor, folder=logs, res=launch.res, name=name, wait=launch.wait,
+                progress=True)
+    if not o.ok:
+        print(f"evaluate failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
+    return Ran(0 if o.ok else 1, (o.job_id,))
+
+
+def run_sweep(base: TrainConfig, sweeps, launch: Launch) -> Ran:
     """All points of a sweep as one array, grouped under one MLflow parent run."""
     name = Path(base.run_dir).name
     points = train.sweep_points(replace(base, sweep=name), sweeps)
@@ -175,7 +250,7 @@ def run_sweep(base: TrainConfig, sweeps, launch: Launch) -> int:
                     print(note + "; the first:")
                 print(sbatch_script(logs, with_dependency(res, server.dependency), "t2v-sweep",
                                     array_size=len(points)))
-        return 0
+        return Ran(tasks=len(points))
     parent = _parent_run(base, name)
     points = [replace(p, parent_run_id=parent, tracking_server=server.file) for p in points]
     with server:
@@ -191,7 +266,7 @@ def run_sweep(base: TrainConfig, sweeps, launch: Launch) -> int:
     for o in bad:
         print(f"  {Path(o.item.run_dir).name} failed (job {o.job_id}): {o.error}\n    log: {o.log}", file=sys.stderr)
     print(f"MLflow parent run {parent} groups the sweep (tag t2v.sweep={name})")
-    return 1 if bad else 0
+    return Ran(1 if bad else 0, _ids(outs, launch.executor), len(outs))
 
 
 def _server_resources(res: Resources, points: int) -> Resources:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from jobs.cluster import fit, spec_names
-from jobs.executor import Resources, map_tasks, run_job, sbatch_script, split_note
-from jobs.slurm import watch_jobs
-from jobs.tasks import EvaluateTask, FramesTask, TrackingServerTask, TrainTask, VocabTask
-from pipeline import evaluate, frames, train
+from jobs.executor import Resources
+from jobs.server import ChainServer, with_dependency
+from jobs.stages import Launch, run_evaluate, run_frames, run_train, run_vocab
+from pipeline import evaluate, train
 from pipeline.config import from_mapping, read_yaml
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalConfig
@@ -28,10 +27,10 @@ from pipeline.frames import FramesConfig
 from pipeline.manifests import load_subset
 from pipeline.toydata import make_toy
 from pipeline.tracking import default_uri, prepare_store
-from pipeline.tracking_server import LocalServer, announce, exported, new_credentials
 from pipeline.vocab import VocabConfig
 
 STAGES = ("frames", "vocab", "train", "evaluate")
+RUNNERS = {"frames": run_frames, "vocab": run_vocab, "train": run_train, "evaluate": run_evaluate}
 SPEC_KEYS = ("name", "data_manifest", "vars", "out", "stages", "resources", "tracking")
 
 
@@ -79,89 +78,6 @@ def _eval_config(given: dict, out: Path):
     cfg = from_mapping(EvalConfig, given, "stages.evaluate", dict(run_dir=out / "run"))
     return replace(cfg, data=(out / "frames", *(Path(d).absolute() for d in cfg.data)))
 
-
-class ChainServer:
-    """The MLflow server of one submission (pipeline/tracking_server.py), or none.
-
-    `mode` "auto" serves a SQLite store whenever several jobs may write to it at once: every
-    SLURM submission and every sweep ("on" forces it, "off" writes to the store directly).
-    On SLURM it is a one-CPU job: the writers wait for it to start (`dependency`) and it
-    stops once every job passed to `serves` has ended; locally it is a child process.
-    """
-
-    def __init__(self, mode: str, store_uri: str, folder: Path, kind: str, res=None, name: str = "t2v-mlflow",
-                 many: bool = False, writers: bool = True, dry_run: bool = False, wait: bool = True):
-        if mode not in ("auto", "on", "off"):
-            raise UserError(f"tracking server: {mode!r} is not one of auto, on, off")
-        sqlite = store_uri.startswith("sqlite:///")
-        if mode == "on" and not sqlite:
-            raise UserError(f"tracking server 'on' serves a sqlite:/// store; {store_uri} is served already")
-        self.wanted = writers and sqlite and kind != "debug" and (
-            mode == "on" or (mode == "auto" and (kind == "slurm" or many)))
-        if self.wanted and kind == "local" and not wait:  # a local server stops as the command returns
-            if mode == "on":
-                raise UserError("--tracking-server on with --no-wait needs --executor slurm: a local server "
-                                "would stop as this command returns")
-            self.wanted = False
-        if self.wanted and kind == "slurm":
-            res = fit(res or Resources(cpus_per_task=1, mem_gb=2), f"{name} (MLflow server)")
-        self.store, self.folder, self.kind, self.res, self.name = store_uri, Path(folder), kind, res, name
-        self.file = str(self.folder / "server.json") if self.wanted else ""
-        self.dry_run = dry_run
-        self.job, self.local, self.jobs, self.env = None, None, [], None
-
-    def __enter__(self) -> "ChainServer":
-        if not self.wanted:
-            return self
-        if self.dry_run:
-            if self.kind == "slurm":
-                print(f"\n# ---- MLflow server (serves {self.store}) ----")
-                print(sbatch_script(self.folder / "logs", self.res, self.name))
-            return self
-        if self.kind == "slurm":
-            # The server's password, new for this submission; the jobs submitted from here on
-            # carry it in their environment (sbatch copies ours), none on a command line.
-            self.env = exported(new_credentials(self.folder)).__enter__()
-            res = self.res
-            # Requeued on each timeout, so a limit shorter than the chain costs a restart, not data.
-            try:
-                self.job = run_job(TrackingServerTask(self.store, str(self.folder)), kind="slurm",
-                                   folder=self.folder / "logs", res=res, name=self.name, wait=False,
-                                   max_num_timeout=100).job_id
-            except BaseException:
-                self.env.__exit__()  # `with` calls no __exit__ when __enter__ fails
-                raise
-            announce(self.folder, self.job)
-            print(f"MLflow server for this submission: job {self.job}; its address will be in {self.file}",
-                  file=sys.stderr)
-        else:
-            self.local = LocalServer(self.store, self.folder).__enter__()
-            print(f"MLflow server for this submission: {self.local.uri} (store {self.store})", file=sys.stderr)
-        return self
-
-    @property
-    def dependency(self) -> str | None:
-        if self.dry_run and self.wanted and self.kind == "slurm":
-            return "after:<MLflow server job id>"
-        return f"after:{self.job}" if self.job else None  # "after": once it has started
-
-    def serves(self, jobs) -> None:
-        self.jobs += [str(j).split("_")[0] for j in jobs]
-
-    def __exit__(self, *exc) -> None:
-        if self.job:  # also after a failed submission: the server stops once what was submitted ends
-            watch_jobs(self.folder, sorted(set(self.jobs), key=int))
-        if self.local:
-            self.local.__exit__(*exc)
-        if self.env:
-            self.env.__exit__(*exc)
-
-
-def with_dependency(res, extra: str | None):
-    """Resources whose dependency also waits for `extra` (comma: both must hold)."""
-    if not extra:
-        return res
-    return replace(res, dependency=",".join(d for d in (res.dependency, extra) if d))
 
 
 def _record(out: Path, entry: dict) -> None:
@@ -219,7 +135,8 @@ def submit(spec_path, stages=None, executor: str = "local", dry_run: bool = Fals
         if server.job:
             _record(out, {"stage": "tracking", "jobs": [server.job], "executor": kind,
                           "spec": str(Path(spec_path).absolute()), "time": time.time()})
-        return _chain(spec, spec_path, stages, stage_res, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run)
+        cfgs = {"frames": fcfg, "vocab": vcfg, "train": tcfg, "evaluate": ecfg}
+        return _chain(spec, spec_path, stages, stage_res, kind, out, cfgs, server, dry_run)
 
 
 def _server_resources(spec: dict, stages, kind: str = "local") -> "object":
@@ -232,49 +149,31 @@ def _server_resources(spec: dict, stages, kind: str = "local") -> "object":
     return Resources(cpus_per_task=1, mem_gb=2, timeout_min=minutes, partition=part)
 
 
-def _chain(spec, spec_path, stages, stage_res, kind, out, fcfg, vcfg, tcfg, ecfg, server, dry_run) -> int:
-    dep = None  # afterok on the previous stage's job
+def _chain(spec, spec_path, stages, stage_res, kind, out, cfgs, server, dry_run) -> int:
+    """Each stage through its runner (jobs/stages.py), as its own command would run it, but
+    named after the spec, logged under OUT/logs/STAGE and, on SLURM, behind the stage before."""
+    dep = None  # afterok on the previous stage's jobs
     graph = []
     for stage in stages:
         res = with_dependency(stage_res[stage], dep if kind == "slurm" else None)
         if stage in ("train", "evaluate"):
             res = with_dependency(res, server.dependency)  # MLflow writers start after their server
-        logs = out / "logs" / stage
-        name = f"t2v-{spec['name']}-{stage}"
+        if dry_run and kind == "slurm":
+            print(f"\n# ---- {stage} ----")
+        # On SLURM (and in a dry run) every stage is queued before the one before it has run, so
+        # its job, not this process, reads its inputs. Training logs through the chain's server.
+        launch = Launch(executor=kind, res=res, dry_run=dry_run, wait=kind != "slurm", tracking_server="off",
+                        name=f"t2v-{spec['name']}-{stage}", logs=out / "logs" / stage,
+                        queued=dry_run or kind == "slurm")
+        ran = RUNNERS[stage](cfgs[stage], launch)
+        if ran.code:
+            return ran.code
         if dry_run:
-            n = len(frames.plan(fcfg).todo) if stage == "frames" and fcfg.labels.exists() else None
-            graph.append(f"{stage}" + (f" [array of {n}]" if n else "") + (f" after {graph[-1].split()[0]}" if graph else ""))
-            if kind == "slurm":
-                print(f"\n# ---- {stage} ----")
-                if stage == "frames" and n and (note := split_note(n, res)):
-                    print(f"# {note}; the first:")
-                print(sbatch_script(logs, res, name, array_size=n if stage == "frames" else None))
+            graph.append(stage + (f" [array of {ran.tasks}]" if ran.tasks else "")
+                         + (f" after {graph[-1].split()[0]}" if graph else ""))
             dep = f"afterok:<{stage} job id>"
             continue
-        wait = kind != "slurm"
-        if stage == "frames":
-            p = frames.prepare(fcfg)
-            outs = map_tasks(FramesTask(fcfg), p.todo, kind=kind, folder=logs, res=res, name=name,
-                             desc="frames shards", wait=wait)
-            if wait and not all(o.ok for o in outs):
-                print("frames failed: " + "; ".join(f"shard {o.item}: {o.error}" for o in outs if not o.ok),
-                      file=sys.stderr)
-                return 1
-            if wait:
-                frames.ensure_manifest(fcfg, frames.plan(fcfg, verify=False))
-            # On SLURM, several arrays where MaxArraySize split it (afterok on all of them);
-            # locally one process per shard, of which the first names the stage as before.
-            jobs = sorted({o.job_id.split("_")[0] for o in outs}, key=int) if kind == "slurm" else \
-                [o.job_id for o in outs[:1]]
-        else:
-            task = {"vocab": VocabTask(vcfg), "train": TrainTask(tcfg), "evaluate": EvaluateTask(ecfg)}[stage]
-            if stage == "train" and wait:
-                train.check(tcfg)
-            o = run_job(task, kind=kind, folder=logs, res=res, name=name, wait=wait, progress=True)
-            if not o.ok:
-                print(f"{stage} failed (job {o.job_id}): {o.error}\n  log: {o.log}", file=sys.stderr)
-                return 1
-            jobs = [o.job_id]
+        jobs = list(ran.jobs)
         server.serves(jobs)
         graph.append(f"{stage} job{'s' if len(jobs) > 1 else ''} {','.join(jobs)}" if jobs else
                      f"{stage} (nothing to do)")

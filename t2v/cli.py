@@ -314,7 +314,7 @@ def frames_config(a):
 
 
 def cmd_frames(a) -> int:
-    return run_frames(frames_config(a), _launch(a))
+    return run_frames(frames_config(a), _launch(a)).code
 
 
 def vocab_config(a):
@@ -326,7 +326,7 @@ def vocab_config(a):
 
 
 def cmd_vocab(a) -> int:
-    return run_vocab(vocab_config(a), _launch(a))
+    return run_vocab(vocab_config(a), _launch(a)).code
 
 
 def cmd_neighbors(a) -> int:
@@ -357,7 +357,7 @@ def train_config(a):
 
 def cmd_train(a) -> int:
     cfg = train_config(a)
-    return run_sweep(cfg, a.sweep, _launch(a)) if a.sweep else run_train(cfg, _launch(a))
+    return (run_sweep(cfg, a.sweep, _launch(a)) if a.sweep else run_train(cfg, _launch(a))).code
 
 
 def cmd_sample(a) -> int:
@@ -437,12 +437,12 @@ def cmd_demo(a) -> int:
     for split, dest in ((0, "frames"), (1, "frames-val")):  # validation clips: held-out prompts for evaluation
         print(f"\n== frames ({labels[split].stem}) == ({time.perf_counter() - t0:.0f} s in)")
         rc = run_frames(FramesConfig(labels=labels[split], videos=data / "videos", out=out / dest,
-                                     templates=templates, shard_size=128), local)
+                                     templates=templates, shard_size=128), local).code
         if rc:
             return rc
     print(f"\n== vocab == ({time.perf_counter() - t0:.0f} s in)")
     # Parts mode: the template's words drive the motion, the object's words the look.
-    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="parts"), local)
+    rc = run_vocab(VocabConfig(labels=labels, out=out / "vocab", mode="parts"), local).code
     if rc:
         return rc
     print(f"\n== train == ({time.perf_counter() - t0:.0f} s in)")
@@ -453,7 +453,7 @@ def cmd_demo(a) -> int:
                         f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
                         f"eval_data={out / 'frames-val'}",
                         f"eval_cache={cache}"])
-    rc = run_train(cfg, local)
+    rc = run_train(cfg, local).code
     if rc:
         return rc
     print(f"\n== sample == ({time.perf_counter() - t0:.0f} s in)")

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jobs.executor import Resources, map_tasks
-from jobs.submit import ChainServer
+from jobs.server import ChainServer
 from pipeline.tracking import Tracker, prepare_store
 from pipeline.tracking_server import LocalServer, client_env, credentials, read_server, resolve, start, stop
 
