@@ -108,7 +108,7 @@ def _frames_dry_run(cfg: FramesConfig, launch: Launch, name: str, logs: Path) ->
         if todo:
             print(f"would run shards {todo} on the {launch.executor} executor")
     if launch.executor == "slurm":
-        if note := split_note(len(todo), launch.res):
+        if todo and (note := split_note(len(todo), launch.res)):
             print(note + "; the first:")
         print(sbatch_script(logs, launch.res, name, array_size=len(todo) or None))  # submitit refuses 0
     return Ran(tasks=len(todo))
