@@ -13,7 +13,9 @@ control) and a summary against the targets of issue 16.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,13 +29,16 @@ from pipeline.evaluate import cell_table  # noqa: E402
 TARGETS = {"cond_acc_seen": 0.95, "cond_acc_heldout": 0.8, "min_cell_acc_heldout": 0.5}
 
 
-def run_seed(out: Path, seed: int, steps: int, eval_every: int) -> dict:
+def run_seed(out: Path, seed: int, steps: int, eval_every: int, threads: int) -> dict:
     t2v = Path(sys.executable).with_name("t2v")
     cmd = [str(t2v), "demo", "--out", str(out), "--seed", str(seed), "--steps", str(steps),
            "--eval-every", str(eval_every)]
-    print("$ " + " ".join(cmd), flush=True)
+    print(f"$ OMP_NUM_THREADS={threads} " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".log"), "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     r = json.loads((out / "eval.json").read_text())
     curve_file = out / "run" / "eval" / "curve.jsonl"
     curve = [json.loads(line) for line in curve_file.read_text().splitlines()] if curve_file.exists() else []
@@ -64,8 +69,16 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--eval-every", type=int, default=400)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "quality")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="seeds run at once (default: one per CPU)")
     a = ap.parse_args()
-    results = [run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every) for s in a.seeds]
+    # Seeds run side by side, one torch thread each where there are cores for it: two small
+    # processes use two cores better than one process with two threads (small convolutions
+    # do not split well).
+    jobs = max(1, min(len(a.seeds), a.jobs))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(lambda s: run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every, threads),
+                                a.seeds))
     for res in results:
         report(res)
     print("\nsummary against the targets:")
