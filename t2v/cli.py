@@ -21,6 +21,7 @@ from jobs.stages import Launch, run_frames, run_sweep, run_train, run_vocab
 from jobs.status import status
 from jobs.submit import submit
 from pipeline import evaluate
+from pipeline.checkpoints import load_latest
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalConfig, validate
 from pipeline.rundir import check_out
@@ -431,7 +432,10 @@ def cmd_demo(a) -> int:
         make_toy(data, videos=a.videos, seed=a.seed)
     elif json.loads((data / "toy_meta.json").read_text()).get("seed") != a.seed:
         raise UserError(f"{out} holds the demo of another toy seed; use another --out for --seed {a.seed}")
-    local = Launch(executor="local", res=Resources(timeout_min=30, cpus_per_task=1, mem_gb=2, array_parallelism=2))
+    # Local jobs have no queue to be fair to: the time limit only catches a hang. A fixed 30 min
+    # stopped a 1600-step bench/quality.py run on a busy machine part-way (then nothing to sample).
+    local = Launch(executor="local", res=Resources(timeout_min=24 * 60, cpus_per_task=1, mem_gb=2,
+                                                   array_parallelism=2))
     labels = (data / "labels" / "train.json", data / "labels" / "validation.json")
     templates = tuple(load_subset("toy")["templates"])
     for split, dest in ((0, "frames"), (1, "frames-val")):  # validation clips: held-out prompts for evaluation
@@ -456,6 +460,11 @@ def cmd_demo(a) -> int:
     rc = run_train(cfg, local).code
     if rc:
         return rc
+    reached = (load_latest(out / "run") or {}).get("step", 0)
+    if reached < a.steps:  # stopped by a signal or a time limit: sampling now would show a half-trained run
+        print(f"training stopped at step {reached} of {a.steps}; run the same command again to resume it",
+              file=sys.stderr)
+        return 1
     print(f"\n== sample == ({time.perf_counter() - t0:.0f} s in)")
     prompts = demo_prompts(json.loads((data / "toy_meta.json").read_text()), labels[0])
     meta = sample(out / "run", prompts, n=4, seed=0, out=out / "samples.gif")
