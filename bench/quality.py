@@ -76,6 +76,7 @@ def main() -> int:
     # do not split well).
     jobs = max(1, min(len(a.seeds), a.jobs))
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         results = list(pool.map(lambda s: run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every, threads),
                                 a.seeds))
@@ -89,7 +90,8 @@ def main() -> int:
         ok &= hit
         print(f"  {key:24s} >= {target}: " + ", ".join("-" if v is None else f"{v:.3f}" for v in vals)
               + ("  ok" if hit else "  MISSED"))
-    print(f"total {sum(r['seconds'] for r in results):.0f} s")
+    per_seed = ", ".join(f"{r['seconds']:.0f}" for r in results)
+    print(f"wall time {time.perf_counter() - t0:.0f} s, {jobs} seed(s) at a time (per seed: {per_seed} s)")
     return 0 if ok else 1
 
 
