@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.clips import Block, labelled, to_uint8, write_both  # noqa: E402
 from pipeline.models import Generator  # noqa: E402
 
-ROWS = ["pushing red square from left to right", "moving blue circle up", "moving digit five down",
-        "pushing red square from right to left", "moving yellow triangle up"]
+ROWS = ["pushing red square from left to right", "moving blue plank up", "moving digit five down",
+        "pushing red square from right to left", "moving yellow pillar up"]
 
 torch.manual_seed(0)
 G = Generator(50, 16, 8, 16, 32, 64).eval()

@@ -44,13 +44,19 @@ class ConvGRU(nn.Module):
         self.cand = wrap(nn.Conv2d(cin + hidden, hidden, 3, padding=1))
 
     def forward(self, x):
-        b, _, t, h, w = x.shape
+        b, cin, t, h, w = x.shape
+        wg, wc = self.gates.weight, self.cand.weight  # read once: spectral norm recomputes on access
+        # A gate's convolution of [x; state] is a conv of x plus a conv of state. The x half
+        # depends on no state, so it runs once over all frames as one batch; only the state
+        # half stays in the loop over time (same weights, same result, half the loop's work).
+        frames = x.transpose(1, 2).reshape(b * t, cin, h, w)
+        gx = F.conv2d(frames, wg[:, :cin], self.gates.bias, padding=1).view(b, t, -1, h, w)
+        cx = F.conv2d(frames, wc[:, :cin], self.cand.bias, padding=1).view(b, t, -1, h, w)
         state = x.new_zeros(b, self.hidden, h, w)
         outs = []
         for i in range(t):
-            xi = x[:, :, i]
-            z, r = torch.sigmoid(self.gates(torch.cat([xi, state], 1))).chunk(2, 1)
-            n = torch.tanh(self.cand(torch.cat([xi, r * state], 1)))
+            z, r = torch.sigmoid(gx[:, i] + F.conv2d(state, wg[:, cin:], padding=1)).chunk(2, 1)
+            n = torch.tanh(cx[:, i] + F.conv2d(r * state, wc[:, cin:], padding=1))
             state = (1 - z) * state + z * n
             outs.append(state)
         return torch.stack(outs, 2)
@@ -134,16 +140,23 @@ class Generator(nn.Module):
 class DBlock(nn.Module):
     """Residual down-block with spectral norm, 2D or 3D (3D also halves time)."""
 
-    def __init__(self, cin: int, cout: int, dims: int, down: bool = True, first: bool = False):
+    def __init__(self, cin: int, cout: int, dims: int, down: bool = True, first: bool = False,
+                 pool_first: bool = False):
         super().__init__()
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
         self.pool = (F.avg_pool3d if dims == 3 else F.avg_pool2d) if down else None
         self.first = first
+        # pool_first (first block only): pool after the first conv, so the second runs at a
+        # half (2D) or an eighth (3D) of the positions. The video D's full-resolution
+        # 3x3x3 conv was the costliest op of a CPU step (docs/quality.md).
+        self.pool_first = pool_first and first and down
         self.c1 = SN(conv(cin, cout, 3, padding=1))
         self.c2 = SN(conv(cout, cout, 3, padding=1))
         self.sc = SN(conv(cin, cout, 1))
 
     def forward(self, x):
+        if self.pool_first:
+            return self.c2(F.relu(self.pool(self.c1(x), 2))) + self.sc(self.pool(x, 2))
         h = self.c1(x if self.first else F.relu(x))
         h = self.c2(F.relu(h))
         s = self.sc(x)
@@ -168,7 +181,8 @@ class ImageD(nn.Module):
     """Scores single frames; with ``parts`` it judges them against the object words only (a
     still frame can't show a direction)."""
 
-    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, k: int = 4, parts=None):
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, k: int = 4, parts=None,
+                 pool_first: bool = False):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         if self.parts:
@@ -176,34 +190,46 @@ class ImageD(nn.Module):
         n = int(math.log2(size // 4))
         widths = [3] + [ch * 2 ** min(i, 3) for i in range(n + 1)]
         self.k = k
-        self.blocks = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n, first=i == 0)
+        self.blocks = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n, first=i == 0,
+                                             pool_first=pool_first)
                                       for i in range(n + 1)])
         self.head = Projection(widths[-1], cond_dim)
 
-    def forward(self, video, cond):
-        cond = split_cond(cond, self.parts)[1]
+    def features(self, video):
+        """(B*k, C): the pooled features of k random frames per clip."""
         b, c, t, h, w = video.shape
         idx = torch.randint(t, (b, self.k), device=video.device)  # k random frames per clip
         frames = video.transpose(1, 2)[torch.arange(b, device=video.device)[:, None], idx]  # B,k,C,H,W
-        phi = F.relu(self.blocks(frames.reshape(b * self.k, c, h, w))).sum((2, 3))
-        return self.head(phi, cond.repeat_interleave(self.k, 0)).view(b, self.k)
+        return F.relu(self.blocks(frames.reshape(b * self.k, c, h, w))).sum((2, 3))
+
+    def score(self, phi, cond):
+        cond = split_cond(cond, self.parts)[1]
+        return self.head(phi, cond.repeat_interleave(self.k, 0)).view(-1, self.k)
+
+    def forward(self, video, cond):
+        return self.score(self.features(video), cond)
 
 
 class VideoD(nn.Module):
-    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32):
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False):
         super().__init__()
-        self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True), DBlock(ch, 2 * ch, 3))  # T/4, H/4
+        self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True, pool_first=pool_first), DBlock(ch, 2 * ch, 3))  # T/4, H/4
         self.convgru = ConvGRU(2 * ch, 2 * ch, sn=True)
         n2 = int(math.log2(size // 16))  # 2D down-blocks to 4x4
         widths = [2 * ch] + [ch * 2 ** min(i + 2, 4) for i in range(n2 + 1)]
         self.b2 = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n2) for i in range(n2 + 1)])
         self.head = Projection(widths[-1], cond_dim)
 
-    def forward(self, video, cond):
+    def features(self, video):
         h = self.b3(video)  # B,2ch,T/4,H/4,W/4
         h = self.convgru(h)[:, :, -1]  # last state: B,2ch,H/4,W/4
-        phi = F.relu(self.b2(h)).sum((2, 3))
+        return F.relu(self.b2(h)).sum((2, 3))
+
+    def score(self, phi, cond):
         return self.head(phi, cond)
+
+    def forward(self, video, cond):
+        return self.score(self.features(video), cond)
 
 
 def fixed_noise(G: Generator, n: int, seed: int) -> torch.Tensor:

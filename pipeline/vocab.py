@@ -88,7 +88,7 @@ def parts_vector(template_vecs: np.ndarray, object_vecs: np.ndarray) -> np.ndarr
     blocks are the head word and the mean of the other words (in an English noun phrase the last word
     names the thing and the ones before it modify it). Kept apart so the generator can send
     the motion words to its temporal path and the object words to its content path, and so
-    a new composition ("yellow triangle") is the sum of parts seen with other partners.
+    a new composition ("yellow pillar") is the sum of parts seen with other partners.
     """
     head = object_vecs[-1]
     mods = object_vecs[:-1].mean(0) if len(object_vecs) > 1 else np.zeros_like(head)

@@ -72,8 +72,8 @@ def test_gif_beside_it_has_every_frame_at_the_same_size(frames, tmp_path):
         assert sum(1 for _ in f.decode(video=0)) == 6
 
 
-ROWS = ["pushing red square from left to right", "moving blue circle up", "moving digit five down",
-        "pushing red square from right to left", "moving yellow triangle up"]
+ROWS = ["pushing red square from left to right", "moving blue plank up", "moving digit five down",
+        "pushing red square from right to left", "moving yellow pillar up"]
 HELD = [False, False, False, True, True]
 
 

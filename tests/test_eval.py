@@ -58,7 +58,7 @@ def test_sample_grid_rows_are_prompts_and_unseen_words_work(trained, tmp_path):
 
 
 def test_sample_h5_holds_the_raw_clips_in_prompt_order(trained, tmp_path):
-    texts = ["moving red square up", "pushing blue circle from right to left", "moving zorblatt down"]
+    texts = ["moving red square up", "pushing blue plank from right to left", "moving zorblatt down"]
     out = tmp_path / "clips.h5"
     t2v("sample", "--run-dir", trained / "run", *sum((["--text", t] for t in texts), []), "--n", "3",
         "--seed", "7", "--out", out)
@@ -76,7 +76,7 @@ def test_a_training_grid_and_t2v_sample_render_a_prompt_the_same_way(trained):
     from pipeline.prompts import prompt_conditions
 
     g = load_generator(trained / "run")
-    rows = [("Moving [something] up", "red square", False), ("Pushing [something] from left to right", "blue circle", True)]
+    rows = [("Moving [something] up", "red square", False), ("Pushing [something] from left to right", "blue plank", True)]
     by_train = prompt_conditions(g.config["vocab"], rows)
     by_sample = conditions(g.vocab, [fill(t, [o]) for t, o, _ in rows])
     assert torch.equal(by_train, by_sample)

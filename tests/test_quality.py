@@ -38,15 +38,15 @@ def test_parts_conditions_keep_motion_and_object_apart(parts_vocab):
     assert t_dim + head_dim + mod_dim == v.cond_dim
     ltr = v.condition("pushing red square from left to right")
     rtl = v.condition("Pushing red square from right to left")
-    blue = v.condition("pushing blue circle from left to right")
+    blue = v.condition("pushing blue plank from left to right")
     assert np.allclose(ltr[t_dim:], rtl[t_dim:]) and not np.allclose(ltr[:t_dim], rtl[:t_dim])
     assert np.allclose(ltr[:t_dim], blue[:t_dim]) and not np.allclose(ltr[t_dim:], blue[t_dim:])
-    # Each object block is a function of its own word: a red square and a red circle share the colour block.
-    circle = v.condition("pushing red circle from left to right")
-    assert np.allclose(ltr[t_dim + head_dim:], circle[t_dim + head_dim:])
-    assert not np.allclose(ltr[t_dim:t_dim + head_dim], circle[t_dim:t_dim + head_dim])
+    # Each object block is a function of its own word: a red square and a red plank share the colour block.
+    plank = v.condition("pushing red plank from left to right")
+    assert np.allclose(ltr[t_dim + head_dim:], plank[t_dim + head_dim:])
+    assert not np.allclose(ltr[t_dim:t_dim + head_dim], plank[t_dim:t_dim + head_dim])
     # A new composition is built from its words, and a word in no caption still gets a vector.
-    new = v.condition("moving purple triangle down")
+    new = v.condition("moving purple pillar down")
     assert np.isfinite(new).all() and np.abs(new).max() < 100
     # A training caption conditions exactly as vocab stored it for that sample.
     with h5py.File(v.root / "samples.h5") as f:
@@ -87,8 +87,8 @@ def test_augmentation_is_one_draw_per_clip_and_never_a_flip():
 
 
 def test_heldout_kinds_follow_from_the_training_words():
-    train_objects = {"red square", "blue circle"}
-    words = {"red", "square", "blue", "circle", "digit", "one"}
+    train_objects = {"red square", "blue plank"}
+    words = {"red", "square", "blue", "plank", "digit", "one"}
     assert _kind("red square", ["red square"], train_objects, words) == "new_pair"
     assert _kind("blue square", ["blue square"], train_objects, words) == "new_object"
     assert _kind("digit four", ["digit four"], train_objects, words) == "unreachable"
