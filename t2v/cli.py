@@ -221,7 +221,8 @@ def _result_commands(sub) -> None:
     p.add_argument("--i3d", type=Path, help="a TorchScript I3D (B,3,T,224,224 in [-1,1] -> features): adds "
                    "true FVD; never downloaded")
     p.add_argument("--cache", type=Path, help="evaluator cache dir (default: <first --data>/evaluators)")
-    p.add_argument("--evaluator-steps", type=int, default=400, help="evaluator training steps (default 400)")
+    p.add_argument("--evaluator-steps", type=int, default=EvalConfig.steps,
+                   help=f"evaluator training steps (default {EvalConfig.steps})")
     p.add_argument("--min-clips", type=int, default=3, help="real clips an object needs to be a class (default 3)")
     p.add_argument("--json", action="store_true", help="print eval.json instead of the table")
 
@@ -251,8 +252,8 @@ def _workflow_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="toy world seed: which cells are held out (default 0)")
     p.add_argument("--eval-every", type=int, help="evaluate every N training steps (default: half way)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (debug_cpu preset; default 1000)")
-    # 250: the toy world's evaluator reads 1.000 on held-back real clips from 200 steps on (docs/quality.md)
-    p.add_argument("--evaluator-steps", type=int, default=250, help=argparse.SUPPRESS)  # tests: smaller
+    # The same default as training's in-loop evaluations, so the demo trains its evaluator once.
+    p.add_argument("--evaluator-steps", type=int, default=EvalConfig.steps, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
 
 
