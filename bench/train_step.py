@@ -3,7 +3,8 @@
 In one run, same batch, widths and data, it times:
   original   a straight notebook-style loop: eager float32, separate Adam per
              discriminator, each stepped on its own, D weights left trainable
-             during the G step; the same losses and gradient penalty
+             during the G step; the same losses and gradient penalty, and the
+             original's discriminators (full-resolution first blocks: no d_pool_first)
   ours       pipeline.train.GAN.step, exactly what `t2v train` runs, and its
              channels_last / torch.compile variants
 and prints samples/s (real clips consumed per second) and the ratio to the
@@ -17,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -95,7 +97,8 @@ def main():
     clips_per_step = base.batch * base.d_steps
     results = {}
 
-    gan = GAN(base, cdim, torch.device("cpu"))
+    # The original's discriminators: no d_pool_first (a change of ours, on in debug_cpu).
+    gan = GAN(replace(base, d_pool_first=False), cdim, torch.device("cpu"))
     opts = (torch.optim.Adam(gan.G.parameters(), base.lr_g, betas=(base.beta1, base.beta2)),
             torch.optim.Adam(gan.D_img.parameters(), base.lr_d, betas=(base.beta1, base.beta2)),
             torch.optim.Adam(gan.D_vid.parameters(), base.lr_d, betas=(base.beta1, base.beta2)))
