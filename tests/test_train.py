@@ -80,10 +80,13 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(prepared, straight)
     for s in TINY + ["checkpoint_every=2"]:
         cmd += ["--set", s]
     p = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not checkpoint_paths(run_dir) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0, 1.5))  # somewhere mid-run
+    # Somewhere mid-run: a fraction of a step after the checkpoint of step 2 or 4. Waiting for a
+    # step, not a time, keeps the kill inside the run however fast the steps are (a fixed 0-1.5 s
+    # after the first checkpoint let the whole run finish once steps got faster).
+    target, deadline = random.choice([2, 4]), time.time() + 120
+    while time.time() < deadline and not any(int(c.stem.split("-")[1]) >= target for c in checkpoint_paths(run_dir)):
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.1))
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     killed_at = load_latest(run_dir)["step"]
