@@ -3,9 +3,10 @@
 ``make_toy(out, videos=N, seed=S)`` writes the real dataset's on-disk format:
 ``labels/{train,validation}.json`` and ``videos/<id>.webm`` (VP9, 12 fps,
 96-240 px high, 2-5 s). Each clip shows one object (a coloured square, plank
-or pillar, or a digit card) pushed or moved by a "hand" in the direction its caption says. Some object/direction pairs and
-two whole objects never appear in train: they are the held-out prompts that
-evaluation uses, listed in ``toy_meta.json``.
+or pillar, or a digit card) pushed or moved by a "hand" in the direction its
+caption says. Some object/direction pairs, two colour + shape compositions and
+one digit never appear in train: they are the held-out prompts that evaluation
+uses, listed in ``toy_meta.json``.
 """
 
 from __future__ import annotations
