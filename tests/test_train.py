@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import T2V, free_port, t2v
-from pipeline.checkpoints import checkpoint_paths, load_latest
+from pipeline.checkpoints import checkpoint_paths, load_latest, step_of
 from pipeline.dist import preempt_signal
 from pipeline.train import RankBatches, build_config, run
 
@@ -84,7 +84,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_exact(prepared, straight)
     # step, not a time, keeps the kill inside the run however fast the steps are (a fixed 0-1.5 s
     # after the first checkpoint let the whole run finish once steps got faster).
     target, deadline = random.choice([2, 4]), time.time() + 120
-    while time.time() < deadline and not any(int(c.stem.split("-")[1]) >= target for c in checkpoint_paths(run_dir)):
+    while time.time() < deadline and not any(step_of(c) >= target for c in checkpoint_paths(run_dir)):
         time.sleep(0.01)
     time.sleep(random.uniform(0, 0.1))
     os.killpg(p.pid, signal.SIGKILL)
