@@ -117,7 +117,9 @@ class Generator(nn.Module):
         mid = n_up // 2  # the ConvGRU sits after the middle block
         self.mid = mid
         self.convgru = ConvGRU(widths[mid], widths[mid])
-        self.out_bn = nn.BatchNorm3d(widths[-1])
+        # The content words modulate the last features too: the object's colour and outline
+        # are drawn at full resolution (held-out compositions, docs/quality.md, session 7).
+        self.out_bn = CBN3d(widths[-1], y_dim)
         self.out = nn.Conv3d(widths[-1], 3, 3, padding=1)
         self.widths = widths
 
@@ -134,7 +136,7 @@ class Generator(nn.Module):
             if i == self.mid:
                 x = x + self.convgru(x)
             x = block(x, y)
-        return torch.tanh(self.out(F.relu(self.out_bn(x))))  # B,3,T,H,W
+        return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
 
 
 class DBlock(nn.Module):

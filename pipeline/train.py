@@ -70,6 +70,10 @@ class TrainConfig:
     # "hard" = the same caption with only the template or only the object swapped, so D must
     # check each part (needs a `parts` vocab for the split, else it falls back to roll).
     mismatch: Literal["roll", "hard"] = "roll"
+    # The captions G draws for: "data" = the batch's own; "shuffle" = each clip's object words
+    # with another clip's template words, so G also makes the pairs no training clip shows
+    # (both D's projections are sums over caption parts, so they can judge such a pair).
+    fake_cond: Literal["data", "shuffle"] = "data"
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # Model.
@@ -114,10 +118,11 @@ def _debug_cpu() -> dict:
     # Hard negatives: D must check direction, shape and colour each. Hinge, one D step, GP 10
     # every 4th D step, lr 5e-4, betas (0, 0.99); channels_last: 1.14x (docs/benchmarks.md).
     # d_pool_first: 1.2x the steps per second at the same accuracy (docs/quality.md, session 6).
+    # fake_cond=shuffle: G also draws pairs no clip shows (held-out cells, docs/quality.md, session 7).
     return dict(batch=8, g_ch=8, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True, g_conv="2+1d",
-                mismatch="hard", d_pool_first=True)
+                mismatch="hard", d_pool_first=True, fake_cond="shuffle")
 
 
 def _paper() -> dict:
@@ -330,18 +335,27 @@ def augment_policy(policy: str) -> tuple[str, ...]:
         raise UserError(f"augment: {e}") from None
 
 
-def _swap(block: torch.Tensor) -> torch.Tensor:
-    """For each row, the block of a random other row whose block differs (itself if none does)."""
-    differs = (block[:, None] - block[None]).abs().amax(-1) > 1e-6  # B,B
-    score = torch.rand(differs.shape, device=block.device) + differs.float()  # differing rows first
-    return block[score.argmax(1)]
+def _differs(block: torch.Tensor) -> torch.Tensor:
+    """(B, B): whether row i's and row j's block hold different words."""
+    return (block[:, None] - block[None]).abs().amax(-1) > 1e-6
 
 
 def _one_swapped(blocks: list[torch.Tensor], which: list[int]) -> torch.Tensor:
-    """The condition with, in row i, block ``which[i % len(which)]`` taken from another row."""
-    b = len(blocks[0])
-    pick = torch.tensor(which, device=blocks[0].device)[torch.arange(b, device=blocks[0].device) % len(which)]
-    out = [torch.where((pick == k)[:, None], _swap(x), x) for k, x in enumerate(blocks)]
+    """The condition with, in row i, block ``which[i % len(which)]`` taken from another row.
+
+    The donor is a random row whose block differs; for an object block, a row that agrees on
+    the other object blocks comes first where the batch has one, so the wrong caption is a real
+    neighbour (a digit for a digit: "digit zero" for "digit seven"; "blue plank" for "red plank")
+    and D must look at the glyph or the colour itself, not at what kind of object it is."""
+    b, dev = len(blocks[0]), blocks[0].device
+    pick = torch.tensor(which, device=dev)[torch.arange(b, device=dev) % len(which)]
+    differs = [_differs(x) for x in blocks]
+    out = []
+    for k, x in enumerate(blocks):
+        others = [d for j, d in enumerate(differs) if k > 0 and j > 0 and j != k]  # the other object blocks
+        same_rest = ~torch.stack(others).any(0) if others else torch.ones_like(differs[k])
+        score = torch.rand(b, b, device=dev) + differs[k].float() + (differs[k] & same_rest).float()
+        out.append(torch.where((pick == k)[:, None], x[score.argmax(1)], x))
     return torch.cat(out, 1)
 
 
@@ -356,6 +370,15 @@ def mismatched(cond: torch.Tensor, kind: str, parts) -> tuple[torch.Tensor, torc
         return cond.roll(1, 0), cond.roll(1, 0)
     blocks = list(torch.split(cond, list(parts), 1))
     return _one_swapped(blocks, list(range(len(blocks)))), _one_swapped(blocks, list(range(1, len(blocks))))
+
+
+def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
+    """What G draws for (``TrainConfig.fake_cond``): the batch's captions, or with ``shuffle``
+    the template block permuted across the batch (templates and objects drawn independently)."""
+    if kind == "data" or not parts:
+        return cond
+    perm = torch.randperm(len(cond), device=cond.device)
+    return torch.cat([cond[perm, :parts[0]], cond[:, parts[0]:]], 1)
 
 
 class GAN:
@@ -404,10 +427,11 @@ class GAN:
             self.d_count += 1
             lazy = cfg.gp_every > 1 and self.d_count % cfg.gp_every != 0
             real, cond = next_batch()
+            gcond = fake_conditions(cond, cfg.fake_cond, self.cond_parts)
             # The last D step's fakes keep their graph and are also Gmain's: one G forward per
             # step fewer (about a tenth of a CPU step), and G is judged on what D just saw.
             with torch.set_grad_enabled(i == cfg.d_steps - 1), amp:
-                fake_g = self.G_train(cond, G.noise(real.shape[0], self.device))
+                fake_g = self.G_train(gcond, G.noise(real.shape[0], self.device))
             fake = fake_g.detach()
             mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts)  # real clip, wrong text
             if self.policy:
@@ -418,7 +442,7 @@ class GAN:
                     # One body pass over real and fake together; the real clip's features serve
                     # both its own caption and the mismatched one (only the projection differs).
                     phi_real, phi_fake = D.features(torch.cat([real, fake])).chunk(2)
-                    real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, cond)
+                    real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, gcond)
                     gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
                 loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) \
                     + cfg.gp_weight * cfg.gp_every * gp
@@ -434,7 +458,7 @@ class GAN:
             p.requires_grad_(False)
         with amp:
             fake = augment(fake_g, self.policy) if self.policy else fake_g
-            lg = g_loss(self.D_img(fake, cond).float(), cfg.loss) + g_loss(self.D_vid(fake, cond).float(), cfg.loss)
+            lg = g_loss(self.D_img(fake, gcond).float(), cfg.loss) + g_loss(self.D_vid(fake, gcond).float(), cfg.loss)
         self.opt_G.zero_grad(set_to_none=True)
         lg.backward()
         dist.average_grads(G.parameters())

@@ -9,7 +9,7 @@ import torch
 from conftest import t2v
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.train import mismatched
+from pipeline.train import fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
 TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
@@ -73,6 +73,31 @@ def test_hard_negatives_swap_exactly_one_part():
     assert (kept.sum(1) == 2).all() and (img3[:, :4] == t[:12]).all()
     roll_vid, _ = mismatched(cond, "roll", (4, 6))
     assert torch.equal(roll_vid, cond.roll(1, 0))
+
+
+def test_an_object_part_is_swapped_for_a_neighbours_where_the_batch_has_one():
+    # Blocks: template (2) | head word (3: seven, zero, plank) | modifier (2: digit, red).
+    t, head, mod = torch.eye(2), torch.eye(3), torch.eye(2)
+    rows = [(0, 0, 0), (1, 1, 0), (0, 2, 1), (1, 2, 1)]  # digit seven, digit zero, red plank, red plank
+    cond = torch.stack([torch.cat([t[a], head[b], mod[c]]) for a, b, c in rows])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        _, img = mismatched(cond, "hard", (2, 3, 2))  # the image D: row 0 swaps its head, row 1 its modifier
+        assert torch.equal(img[0, 2:5], head[1])  # "digit seven" -> "digit zero", never "digit plank"
+        assert torch.equal(img[1, 5:], mod[1])  # "digit zero" has no colour neighbour: any other modifier
+
+
+def test_shuffled_fake_conditions_recombine_templates_and_objects():
+    torch.manual_seed(0)
+    t = torch.eye(4)[torch.arange(32) % 4]
+    o = torch.eye(6)[torch.randint(6, (32,))]
+    cond = torch.cat([t, o], 1)
+    g = fake_conditions(cond, "shuffle", (4, 6))
+    assert torch.equal(g[:, 4:], o)  # each row keeps its object words
+    assert sorted(g[:, :4].argmax(1).tolist()) == sorted(t.argmax(1).tolist())  # the batch's templates, permuted
+    assert not torch.equal(g[:, :4], t)  # ... so pairs the batch never showed appear
+    assert torch.equal(fake_conditions(cond, "data", (4, 6)), cond)
+    assert torch.equal(fake_conditions(cond, "shuffle", None), cond)  # no parts: nothing to recombine
 
 
 def test_augmentation_is_one_draw_per_clip_and_never_a_flip():
