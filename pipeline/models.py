@@ -3,7 +3,8 @@
 Generator: a GRU runs over per-frame [noise; condition] to give one latent per
 frame; 3D residual up-blocks (spatial x2 each) with conditional BatchNorm,
 whose gain and bias are spectrally normalised linear maps of [noise;
-condition]; a ConvGRU in the middle; tanh output. Shape B,3,T,H,W.
+condition]; a ConvGRU in the middle; a last conditional BatchNorm; tanh output.
+Shape B,3,T,H,W.
 
 Discriminators, both spectrally normalised projection discriminators:
 ``ImageD`` scores k random frames of each clip; ``VideoD`` runs 3D residual
