@@ -49,6 +49,23 @@ def read_checkpoint(path: Path) -> dict:
     return state
 
 
+def load_weights(part, weights: dict, where) -> None:
+    """``part.load_state_dict(weights)`` (a module or an optimizer), or a one-line UserError when
+    ``where`` holds another version of the model: a run trained before an architecture change
+    can't be loaded into today's classes, and a traceback would not say so."""
+    try:
+        if isinstance(part, torch.nn.Module):
+            want, have = set(part.state_dict()), set(weights)
+            if want != have:
+                odd = sorted(want ^ have)
+                raise UserError(f"{where} holds weights of another model version ({len(odd)} key(s) differ, "
+                                f"e.g. {odd[0]}); use the commit it was trained with (its MLflow run's "
+                                "git_commit tag) or train a new run dir")
+        part.load_state_dict(weights)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UserError(f"{where} does not fit this version of the model: {str(e).splitlines()[0][:200]}") from None
+
+
 def newest_checkpoint(run_dir: Path) -> tuple[Path | None, dict | None]:
     """The newest checkpoint that loads, and its state; torn or foreign files are skipped."""
     for p in checkpoint_paths(run_dir):

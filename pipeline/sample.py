@@ -55,7 +55,7 @@ def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
     vocab = Vocab(cfg["vocab"])
     G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"],
                   vocab.parts, cfg.get("g_conv", "3d") == "2+1d")
-    G.load_state_dict(state["G_ema"])
+    checkpoints.load_weights(G, state["G_ema"], path)
     return Loaded(G.to(device).eval(), int(state["step"]), path, cfg, vocab)
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from . import dist, rundir
 from .augment import augment, parse
-from .checkpoints import FORMAT, checkpoint_paths, load_latest, save_checkpoint
+from .checkpoints import FORMAT, checkpoint_paths, load_weights, newest_checkpoint, save_checkpoint
 from .clips import Block, labelled, to_uint8, write_both
 from .compare import sweep_compare
 from .config import override, plain, to_dict
@@ -268,8 +268,16 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
             raise UserError(f"{cfg.run_dir} holds a run with another config: {', '.join(diff)}; "
                             "use a new --run-dir")
     augment_policy(cfg.augment)
+    path, state = newest_checkpoint(cfg.run_dir)
+    if state is not None:  # the generator a resume would load fits today's model (else one line, before any job)
+        with torch.random.fork_rng(devices=[]):  # building it must not move the run's random streams
+            load_weights(generator(cfg, vocab.cond_dim, vocab.parts), state["G_ema"], path)
     return {"clips": len(data), "cond_dim": vocab.cond_dim, "mode": vocab.info["mode"], "data": data,
             "parts": vocab.parts}
+
+
+def generator(cfg: TrainConfig, cond_dim: int, parts) -> Generator:
+    return Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim, parts, cfg.g_conv == "2+1d")
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -392,9 +400,8 @@ class GAN:
         self.cfg, self.device, self.cond_parts = cfg, device, cond_parts
         self.policy = augment_policy(cfg.augment)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        make_g = lambda: Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim,  # noqa: E731
-                                   cond_parts, cfg.g_conv == "2+1d")
-        self.G, self.G_ema = make_g().to(device), make_g().to(device).eval()
+        self.G = generator(cfg, cond_dim, cond_parts).to(device)
+        self.G_ema = generator(cfg, cond_dim, cond_parts).to(device).eval()
         self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first).to(device)
         self.G_ema.load_state_dict(self.G.state_dict())
@@ -415,9 +422,9 @@ class GAN:
     def state_dict(self) -> dict:
         return {k: m.state_dict() for k, m in self.parts.items()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, where="the checkpoint") -> None:
         for k, m in self.parts.items():
-            m.load_state_dict(state[k])
+            load_weights(m, state[k], where)
 
     def step(self, next_batch) -> dict:
         """One G step; ``next_batch()`` gives (real B,3,T,H,W in [-1,1], cond B,D)."""
@@ -529,13 +536,13 @@ class StopRequests:
 
 def _start(cfg: TrainConfig, gan: GAN, run_dir: Path, env) -> tuple[int, int]:
     """Resume from the newest readable checkpoint, or seed a new run; returns (step, data_pos)."""
-    state = load_latest(run_dir)
+    path, state = newest_checkpoint(run_dir)
     if state is None:
         random.seed(cfg.seed + env.rank)
         np.random.seed(cfg.seed + env.rank)
         torch.manual_seed(cfg.seed + 1000 * (env.rank + 1))
         return 0, 0
-    gan.load_state_dict(state)
+    gan.load_state_dict(state, path)
     gan.d_count = state["step"] * cfg.d_steps
     if len(state["rng"]) != env.world:
         raise UserError(f"checkpoint was written by {len(state['rng'])} rank(s); resume with the same number")

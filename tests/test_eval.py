@@ -207,3 +207,27 @@ def test_i3d_torchscript_adds_true_fvd(trained, tmp_path):
     r = t2v("evaluate", "--run-dir", trained / "run", "--i3d", tmp_path / "nothing.pt", "--min-clips", "1",
             "--cache", trained / "cache", check=False)
     assert r.returncode == 2 and "TorchScript" in r.stderr
+
+
+def test_a_checkpoint_of_another_model_version_is_one_clear_line(trained, prepared, tmp_path):
+    """A run trained before an architecture change (session 7 conditioned G's last BatchNorm):
+    sampling it or resuming it says so in one line, exit code 2, instead of a traceback."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained / "run", old)
+    ckpt = old / "checkpoints" / "step-00000004.pt"
+    state = torch.load(ckpt, weights_only=True)
+    for part in ("G", "G_ema"):  # the older generator's plain BatchNorm in place of the conditional one
+        w = {k: v for k, v in state[part].items() if not k.startswith("out_bn.")}
+        state[part] = {**w, "out_bn.weight": torch.ones(4), "out_bn.bias": torch.zeros(4)}
+    torch.save(state, ckpt)
+    r = t2v("sample", "--run-dir", old, "--text", "moving red square up", "--out", tmp_path / "x.gif", check=False)
+    assert r.returncode == 2 and "another model version" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.gif").exists()
+    cfg = json.loads((old / "config.json").read_text())
+    sets = sum((["--set", s] for s in TINY + ["checkpoint_every=2"]), [])
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", old,
+            "--preset", "debug_cpu", "--max-steps", "6", *sets, "--tracking-uri", cfg["tracking_uri"], check=False)
+    assert r.returncode == 2 and "another model version" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert ckpt.exists() and not (old / "checkpoints" / "step-00000006.pt").exists()  # nothing lost or written
