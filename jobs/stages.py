@@ -16,7 +16,6 @@ from jobs.executor import Outcome, Resources, map_tasks, run_job, sbatch_script,
 from jobs.server import ChainServer, with_dependency
 from jobs.tasks import EvaluateTask, FramesTask, TrainTask, VocabTask
 from pipeline import evaluate, frames, train, vocab
-from pipeline.checkpoints import newest_checkpoint
 from pipeline.errors import UserError
 from pipeline.evaluate import EvalConfig
 from pipeline.frames import FramesConfig
@@ -208,10 +207,10 @@ def _train_plan(cfg: TrainConfig, ranks: int) -> str:
     info = train.check(cfg, ranks)
     if who := holder(cfg.run_dir):
         raise UserError(f"{cfg.run_dir} is in use by another training run ({who}); wait for it to end or stop it")
-    resumed = [p for p in newest_checkpoint(cfg.run_dir)[:1] if p]  # the file a resume loads, not a torn one
+    resumed = info["resume_from"]  # the file a resume loads, not a torn one
     return (f"train: {info['clips']} clips, conditions of dim {info['cond_dim']} ({info['mode']} mode), "
             f"preset {cfg.preset}, {ranks} rank(s), batch {cfg.batch}, to step {cfg.max_steps}; "
-            + (f"resuming from {resumed[0].name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
+            + (f"resuming from {resumed.name}" if resumed else "new run") + f"; MLflow at {cfg.tracking_uri}")
 
 
 def run_evaluate(cfg: EvalConfig, launch: Launch) -> Ran:

@@ -273,7 +273,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
         with torch.random.fork_rng(devices=[]):  # building it must not move the run's random streams
             load_weights(generator(cfg, vocab.cond_dim, vocab.parts), state["G_ema"], path)
     return {"clips": len(data), "cond_dim": vocab.cond_dim, "mode": vocab.info["mode"], "data": data,
-            "parts": vocab.parts}
+            "parts": vocab.parts, "resume_from": path}
 
 
 def generator(cfg: TrainConfig, cond_dim: int, parts) -> Generator:
@@ -422,7 +422,7 @@ class GAN:
     def state_dict(self) -> dict:
         return {k: m.state_dict() for k, m in self.parts.items()}
 
-    def load_state_dict(self, state: dict, where="the checkpoint") -> None:
+    def load_state_dict(self, state: dict, where) -> None:
         for k, m in self.parts.items():
             load_weights(m, state[k], where)
 
@@ -535,7 +535,9 @@ class StopRequests:
 
 
 def _start(cfg: TrainConfig, gan: GAN, run_dir: Path, env) -> tuple[int, int]:
-    """Resume from the newest readable checkpoint, or seed a new run; returns (step, data_pos)."""
+    """Resume from the newest readable checkpoint, or seed a new run; returns (step, data_pos).
+    Read here, under the run lock, not reused from ``check``: a run that ended between the two
+    may have written a newer one."""
     path, state = newest_checkpoint(run_dir)
     if state is None:
         random.seed(cfg.seed + env.rank)
