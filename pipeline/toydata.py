@@ -67,7 +67,7 @@ def heldout_sets(seed: int) -> dict:
     return {"heldout_pairs": pairs, "heldout_objects": objects, "unreachable": unreachable}
 
 
-# Digits are bold block glyphs on a white card. Each puts its ink somewhere else (a ring, a
+# Digits are bold block glyphs filling a white card. Each puts its ink somewhere else (a ring, a
 # centre stroke, a top bar and a diagonal, a cross bar and a right stem), so they differ in
 # outline at 32 px, not only in thin strokes. The handwritten 8x8 exemplars used before were
 # all drawn as one generic card by the generator at step 1200 (docs/quality.md).
@@ -80,10 +80,9 @@ GLYPHS = {
 
 
 def _glyph(word: str) -> np.ndarray:
-    """(7,7) ink in {0, 1}: the 5x5 glyph with a one-cell white margin."""
-    ink = np.zeros((7, 7))
-    ink[1:6, 1:6] = [[c == "#" for c in row] for row in GLYPHS[word]]
-    return ink
+    """(5,5) ink in {0, 1}. The glyph fills its card: with a one-cell margin (before session 8)
+    a stroke was under 2 px at 32 px, and digits were the cells the generator drew last."""
+    return np.array([[c == "#" for c in row] for row in GLYPHS[word]], float)
 
 
 def _mask(obj: str, s: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +91,7 @@ def _mask(obj: str, s: int, width: int | None = None) -> tuple[np.ndarray, np.nd
     yy, xx = np.mgrid[0:s, 0:w].astype(float)
     yy, xx = (yy + 0.5) / s * 2 - 1, (xx + 0.5) / w * 2 - 1  # [-1, 1]
     if obj.startswith("digit "):
-        ink = _glyph(obj.split()[1])[(np.arange(s) * 7) // s][:, (np.arange(w) * 7) // w]
+        ink = _glyph(obj.split()[1])[(np.arange(s) * 5) // s][:, (np.arange(w) * 5) // w]
         rgb = np.empty((s, w, 3))
         rgb[:] = (250, 250, 245)  # a white card ...
         rgb -= ink[..., None] * np.array([240, 235, 200])  # ... with dark-blue ink

@@ -76,6 +76,9 @@ class TrainConfig:
     fake_cond: Literal["data", "shuffle"] = "data"
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
+    # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
+    # ema_rampup), so early weights fade as training goes on; ema_beta stays the upper bound.
+    ema_rampup: float = 0.0
     # Model.
     frames: int = 16
     size: int = 32
@@ -235,7 +238,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     for k in ("beta1", "beta2", "ema_beta"):
         if not 0 <= getattr(cfg, k) < 1:
             raise UserError(f"{k} must be in [0, 1), not {getattr(cfg, k)}")
-    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb"):
+    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb", "ema_rampup"):
         if not 0 <= getattr(cfg, k) < float("inf"):
             raise UserError(f"{k} must be >= 0, not {getattr(cfg, k)}")
     if cfg.batch % world:
@@ -380,6 +383,15 @@ def mismatched(cond: torch.Tensor, kind: str, parts) -> tuple[torch.Tensor, torc
     return _one_swapped(blocks, list(range(len(blocks)))), _one_swapped(blocks, list(range(1, len(blocks))))
 
 
+def ema_beta(beta: float, rampup: float, step: int) -> float:
+    """The EMA decay after ``step`` G steps: ``beta``, or with ``rampup`` > 0 the decay whose
+    half-life is ``rampup * step`` steps, if that is shorter (a long fixed EMA still carries
+    the first, untrained weights when a short run ends)."""
+    if rampup <= 0:
+        return beta
+    return min(beta, 0.5 ** (1 / max(rampup * step, 1e-8)))
+
+
 def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
     """What G draws for (``TrainConfig.fake_cond``): the batch's captions, or with ``shuffle``
     the template block permuted across the batch (templates and objects drawn independently)."""
@@ -474,8 +486,9 @@ class GAN:
             p.requires_grad_(True)
         dist.average_buffers(G)
         with torch.no_grad():  # EMA of G for sampling
+            beta = ema_beta(cfg.ema_beta, cfg.ema_rampup, self.d_count // cfg.d_steps)
             for pe, p in zip(self.G_ema.parameters(), G.parameters()):
-                pe.lerp_(p, 1 - cfg.ema_beta)
+                pe.lerp_(p, 1 - beta)
             for be, b in zip(self.G_ema.buffers(), G.buffers()):
                 be.copy_(b)
         out["loss_G"] = lg.item()

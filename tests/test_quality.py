@@ -9,7 +9,7 @@ import torch
 from conftest import t2v
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.train import fake_conditions, mismatched
+from pipeline.train import ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
 TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
@@ -98,6 +98,13 @@ def test_shuffled_fake_conditions_recombine_templates_and_objects():
     assert not torch.equal(g[:, :4], t)  # ... so pairs the batch never showed appear
     assert torch.equal(fake_conditions(cond, "data", (4, 6)), cond)
     assert torch.equal(fake_conditions(cond, "shuffle", None), cond)  # no parts: nothing to recombine
+
+
+def test_the_ema_half_life_grows_with_the_run_up_to_ema_beta():
+    assert ema_beta(0.99, 0.0, 5) == 0.99  # no rampup: the fixed decay of the original
+    betas = [ema_beta(0.999, 0.05, s) for s in (1, 100, 1000, 4000, 100_000)]
+    assert betas == sorted(betas) and betas[0] < 1e-6 and betas[-1] == 0.999
+    assert ema_beta(0.999, 0.05, 1000) == pytest.approx(0.5 ** (1 / 50))  # half-life: 5% of 1000 steps
 
 
 def test_augmentation_is_one_draw_per_clip_and_never_a_flip():
