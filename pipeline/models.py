@@ -63,14 +63,27 @@ class ConvGRU(nn.Module):
         return torch.stack(outs, 2)
 
 
+class TimeConv(nn.Conv3d):
+    """A (3,1,1) convolution over time, run as a 2D convolution of the (T, H*W) view. Same
+    weights, same state_dict, same result to float rounding; CPU PyTorch has no fast kernel
+    for this 3D shape (its backward was a fifth of a debug_cpu step, docs/benchmarks.md)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, (3, 1, 1), padding=(1, 0, 0))
+
+    def forward(self, x):
+        b, c, t, h, w = x.shape
+        y = F.conv2d(x.reshape(b, c, t, h * w), self.weight.squeeze(-1), self.bias, padding=(1, 0))
+        return y.view(b, -1, t, h, w)
+
+
 def conv3d(cin: int, cout: int, factorized: bool) -> nn.Module:
     """A 3x3x3 convolution, or its (2+1)D factorisation (arXiv 1711.11248): 3x3 in space,
     then 3 in time. The same receptive field from 9 + 3 taps instead of 27; the generator's
     full-resolution 3D convolutions are most of a CPU step (docs/quality.md has the timings)."""
     if not factorized:
         return nn.Conv3d(cin, cout, 3, padding=1)
-    return nn.Sequential(nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1)),
-                         nn.Conv3d(cout, cout, (3, 1, 1), padding=(1, 0, 0)))
+    return nn.Sequential(nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1)), TimeConv(cout, cout))
 
 
 class GBlock(nn.Module):

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from conftest import T2V, free_port, t2v
 from pipeline.checkpoints import checkpoint_paths, load_latest, step_of
 from pipeline.dist import preempt_signal
+from pipeline.models import Generator, TimeConv
 from pipeline.train import RankBatches, build_config, run
 
 TINY = ["batch=4", "g_ch=4", "d_ch=4", "z_dim=8", "gru_dim=16", "img_frames=1", "tick_every=1", "workers=0"]
@@ -325,3 +326,21 @@ def test_resume_with_a_larger_max_steps_tags_the_change_and_big_files_become_tag
     assert got.tags[f"{key}.sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     uploaded = {a.path for a in c.list_artifacts(r["mlflow_run_id"], "checkpoints")}
     assert f"checkpoints/{ckpt.name}" not in uploaded
+
+
+def test_the_time_convolution_is_a_conv3d_with_the_same_weights_and_gradients():
+    torch.manual_seed(0)
+    fast = TimeConv(6, 5)
+    ref = torch.nn.Conv3d(6, 5, (3, 1, 1), padding=(1, 0, 0))
+    ref.load_state_dict(fast.state_dict())  # the same keys and shapes: old checkpoints load
+    x = torch.randn(2, 6, 7, 4, 3, requires_grad=True)
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        xs = x.detach().contiguous(memory_format=layout).requires_grad_(True)
+        y_fast, y_ref = fast(xs), ref(x)
+        assert torch.allclose(y_fast, y_ref, atol=1e-5)
+        g_fast = torch.autograd.grad(y_fast.square().sum(), (xs, fast.weight))
+        g_ref = torch.autograd.grad(y_ref.square().sum(), (x, ref.weight))
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(g_fast, g_ref))
+    # The (2+1)D generator's state_dict keys are the ones a plain Conv3d pair gave.
+    keys = set(Generator(10, z_dim=4, ch=2, frames=4, gru_dim=8, factorized=True).state_dict())
+    assert "blocks.0.c1.1.weight" in keys and "blocks.0.c1.1.bias" in keys
