@@ -66,7 +66,7 @@ class ConvGRU(nn.Module):
 class TimeConv(nn.Conv3d):
     """A (3,1,1) convolution over time, run as a 2D convolution of the (T, H*W) view. Same
     weights, same state_dict, same result to float rounding; CPU PyTorch has no fast kernel
-    for this 3D shape (its backward was a fifth of a debug_cpu step, docs/benchmarks.md)."""
+    for this 3D shape (a fifth of a one-thread debug_cpu step, docs/benchmarks.md)."""
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, (3, 1, 1), padding=(1, 0, 0))
