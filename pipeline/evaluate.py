@@ -43,7 +43,7 @@ from .text import tokenize
 from .tracking import default_uri
 from .tracking_server import resolve
 
-EVALUATOR_VERSION = 3  # bump when the classifier or its training changes: old caches are then ignored
+EVALUATOR_VERSION = 4  # bump when the classifier or its training changes: old caches are then ignored
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ class EvalConfig:
 
 
 class Evaluator(nn.Module):
-    """Two views of a clip: a 3D CNN over the whole clip for the template (motion needs
-    time, not detail), and a 2D CNN over a few full-resolution frames for the object (at
+    """Two views of a clip: a 3D CNN over the whole clip at half resolution for the template
+    (motion needs time, not detail), and a 2D CNN over a few full-resolution frames for the object (at
     32 px an object is ~12 px; pooling space early, as the 3D body does, loses the
     strokes that tell one digit glyph from another)."""
 
@@ -95,7 +95,9 @@ class Evaluator(nn.Module):
         idx = [min(i * t // 16, t - 1) for i in self.OBJECT_FRAMES]
         frames = x[:, :, idx].transpose(1, 2).reshape(b * len(idx), c, h, w)
         f_obj = self.frames(frames).mean((2, 3)).view(b, len(idx), -1).mean(1)  # B, 4ch
-        return self.body(x).mean((2, 3, 4)), f_obj
+        # At 16 px a card's path still reads, and the body costs a quarter: it was over half of
+        # the evaluator's step, which `make demo` pays once (the same readings, docs/quality.md).
+        return self.body(F.avg_pool3d(x, (1, 2, 2))).mean((2, 3, 4)), f_obj
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self._views(x), 1)  # B, 8ch

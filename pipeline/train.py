@@ -73,7 +73,10 @@ class TrainConfig:
     # The captions G draws for: "data" = the batch's own; "shuffle" = each clip's object words
     # with another clip's template words, so G also makes the pairs no training clip shows
     # (both D's projections are sums over caption parts, so they can judge such a pair).
-    fake_cond: Literal["data", "shuffle"] = "data"
+    # "shuffle_g": only G's own step draws shuffled captions; D's fakes keep the batch's. With
+    # "shuffle" D sees a held-out pair on fakes only, so it can learn "that pair is fake",
+    # and G is pushed away from drawing it at all (docs/quality.md, session 9).
+    fake_cond: Literal["data", "shuffle", "shuffle_g"] = "data"
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
@@ -394,7 +397,8 @@ def ema_beta(beta: float, rampup: float, step: int) -> float:
 
 def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
     """What G draws for (``TrainConfig.fake_cond``): the batch's captions, or with ``shuffle``
-    the template block permuted across the batch (templates and objects drawn independently)."""
+    or ``shuffle_g`` the template block permuted across the batch (templates and objects drawn
+    independently)."""
     if kind == "data" or not parts:
         return cond
     perm = torch.randperm(len(cond), device=cond.device)
@@ -447,10 +451,13 @@ class GAN:
             lazy = cfg.gp_every > 1 and self.d_count % cfg.gp_every != 0
             real, cond = next_batch()
             gcond = fake_conditions(cond, cfg.fake_cond, self.cond_parts)
+            dcond = cond if cfg.fake_cond == "shuffle_g" else gcond  # the captions of D's fakes
             # The last D step's fakes keep their graph and are also Gmain's: one G forward per
             # step fewer (about a tenth of a CPU step), and G is judged on what D just saw.
-            with torch.set_grad_enabled(i == cfg.d_steps - 1), amp:
-                fake_g = self.G_train(gcond, G.noise(real.shape[0], self.device))
+            # With shuffle_g, Gmain draws its own (D's fakes have other captions).
+            shared = i == cfg.d_steps - 1 and dcond is gcond
+            with torch.set_grad_enabled(shared), amp:
+                fake_g = self.G_train(dcond, G.noise(real.shape[0], self.device))
             fake = fake_g.detach()
             mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts)  # real clip, wrong text
             if self.policy:
@@ -461,7 +468,7 @@ class GAN:
                     # One body pass over real and fake together; the real clip's features serve
                     # both its own caption and the mismatched one (only the projection differs).
                     phi_real, phi_fake = D.features(torch.cat([real, fake])).chunk(2)
-                    real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, gcond)
+                    real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, dcond)
                     gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
                 loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) \
                     + cfg.gp_weight * cfg.gp_every * gp
@@ -476,6 +483,8 @@ class GAN:
         for p in self.d_params:  # Gmain: D is only a critic here
             p.requires_grad_(False)
         with amp:
+            if not shared:
+                fake_g = self.G_train(gcond, G.noise(gcond.shape[0], self.device))
             fake = augment(fake_g, self.policy) if self.policy else fake_g
             lg = g_loss(self.D_img(fake, gcond).float(), cfg.loss) + g_loss(self.D_vid(fake, gcond).float(), cfg.loss)
         self.opt_G.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import torch
 from conftest import t2v
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.train import ema_beta, fake_conditions, mismatched
+from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
 TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
@@ -98,6 +98,30 @@ def test_shuffled_fake_conditions_recombine_templates_and_objects():
     assert not torch.equal(g[:, :4], t)  # ... so pairs the batch never showed appear
     assert torch.equal(fake_conditions(cond, "data", (4, 6)), cond)
     assert torch.equal(fake_conditions(cond, "shuffle", None), cond)  # no parts: nothing to recombine
+
+
+@pytest.mark.parametrize("kind", ["shuffle", "shuffle_g"])
+def test_with_shuffle_g_only_gs_own_step_draws_the_shuffled_captions(kind, tmp_path):
+    """D must never see a caption on fakes alone (it would learn that pair is fake); G still
+    gets asked for the pairs no clip shows."""
+    torch.manual_seed(0)
+    parts = (4, 3, 3)
+    cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
+                      size=16, img_frames=1, d_steps=1, fake_cond=kind, mismatch="hard", g_conv="2+1d")
+    gan = GAN(cfg, sum(parts), torch.device("cpu"), cond_parts=parts)
+    cond = torch.cat([torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3],
+                      torch.eye(3)[torch.arange(8) % 3]], 1)
+    drawn, d_fake = [], []
+    g_forward, d_score = gan.G_train, gan.D_vid.score
+    gan.G_train = lambda c, z: drawn.append((c, torch.is_grad_enabled())) or g_forward(c, z)
+    gan.D_vid.score = lambda phi, c: d_fake.append(c) or d_score(phi, c)
+    gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
+    shuffled = [c for c, _ in drawn if not torch.equal(c, cond)]
+    assert len(shuffled) == 1 and drawn[-1][1]  # G's gradient step draws shuffled captions
+    assert torch.equal(shuffled[0][:, 4:], cond[:, 4:])
+    # D's three scores in its step: real, mismatched real, fake; then G's.
+    assert torch.equal(d_fake[2], cond if kind == "shuffle_g" else shuffled[0])
+    assert len(drawn) == (2 if kind == "shuffle_g" else 1)
 
 
 def test_the_ema_half_life_grows_with_the_run_up_to_ema_beta():
