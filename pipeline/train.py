@@ -124,11 +124,12 @@ def _debug_cpu() -> dict:
     # Hard negatives: D must check direction, shape and colour each. Hinge, one D step, GP 10
     # every 4th D step, lr 5e-4, betas (0, 0.99); channels_last: 1.14x (docs/benchmarks.md).
     # d_pool_first: 1.2x the steps per second at the same accuracy (docs/quality.md, session 6).
-    # fake_cond=shuffle: G also draws pairs no clip shows (held-out cells, docs/quality.md, session 7).
+    # fake_cond=shuffle: G also draws pairs no clip shows (held-out cells, docs/quality.md, session 7);
+    # shuffle_g: only G's step does, so D never learns "this pair is fake" (session 9).
     return dict(batch=8, g_ch=8, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True, g_conv="2+1d",
-                mismatch="hard", d_pool_first=True, fake_cond="shuffle")
+                mismatch="hard", d_pool_first=True, fake_cond="shuffle_g")
 
 
 def _paper() -> dict:
