@@ -66,8 +66,8 @@ class EvalConfig:
 
 class Evaluator(nn.Module):
     """Two views of a clip: a 3D CNN over the whole clip at half resolution for the template
-    (motion needs time, not detail), and a 2D CNN over a few full-resolution frames for the object (at
-    32 px an object is ~12 px; pooling space early, as the 3D body does, loses the
+    (motion needs time, not detail), and a 2D CNN over a few full-resolution frames for the
+    object (at 32 px an object is ~12 px; pooling space early, as the 3D body does, loses the
     strokes that tell one digit glyph from another)."""
 
     OBJECT_FRAMES = (0, 5, 10, 15)
