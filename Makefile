@@ -17,12 +17,13 @@ browser:
 	  echo "installing Debian chromium + chromium-driver (the browser test of the MLflow UI)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# Re-run pip only when the dependency list changes. The pinned CPU wheel is named beside the
-# project, so one resolve picks it for the range in pyproject.toml (never a CUDA build); the
-# venv's own pip is recent enough for an editable pyproject install, so no self-upgrade first.
+# Re-run pip only when the dependency list changes; torch goes first so that the
+# pinned CPU wheel satisfies the range in pyproject.toml.
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
-	$(VENV)/bin/pip install -q $(TORCH) -e '.[test]'
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
 demo: setup
