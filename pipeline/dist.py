@@ -12,6 +12,7 @@ before each optimizer step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -122,6 +123,28 @@ def _submitit_env() -> dict | None:
     return {"rank": job.global_rank, "world": job.num_tasks, "local_rank": job.local_rank}
 
 
+def _threads_per_rank(env) -> int | None:
+    """Torch threads for this rank, or None to keep torch's default (one per core).
+
+    torch starts a thread per core of the node, not per CPU the job was given: ranks sharing
+    a node oversubscribe it. The two-rank test job on this 2-core host had steps of 12-16 s
+    between ones of 0.4 s; with a thread per given CPU, none above 0.53 s. Ranks of a local
+    job (submitit's local executor, torchrun) split this machine's cores between them.
+    OMP_NUM_THREADS, where set, wins."""
+    if "OMP_NUM_THREADS" in env:
+        return None
+    if env.get("SLURM_CPUS_PER_TASK"):
+        return max(1, int(env["SLURM_CPUS_PER_TASK"]))
+    local = _local_ranks(env)
+    return max(1, len(os.sched_getaffinity(0)) // local) if local > 1 else None
+
+
+def _local_ranks(env) -> int:
+    """Ranks of this job on this machine, where a local launcher says (submitit's local
+    executor, torchrun); 1 elsewhere."""
+    return int(env.get("SUBMITIT_LOCAL_NTASKS") or env.get("LOCAL_WORLD_SIZE") or 1)
+
+
 def init(device: str = "auto") -> Env:
     global _ENV
     spec = _submitit_env()
@@ -129,12 +152,9 @@ def init(device: str = "auto") -> Env:
         spec = {"rank": int(os.environ["RANK"]), "world": int(os.environ["WORLD_SIZE"]),
                 "local_rank": int(os.environ.get("LOCAL_RANK", 0))}
     spec = spec or {"rank": 0, "world": 1, "local_rank": 0}
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and "OMP_NUM_THREADS" not in os.environ:
-        # torch starts a thread per core of the node, not per CPU the job was given: ranks
-        # sharing a node oversubscribe it. The two-rank test job on this 2-core host had steps
-        # of 12-16 s between ones of 0.4 s; with a thread per given CPU, none above 0.53 s.
-        torch.set_num_threads(max(1, int(cpus)))
+    threads = _threads_per_rank(os.environ)
+    if threads:
+        torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -186,13 +206,19 @@ def average_grads(params) -> None:
 
 
 def average_buffers(module) -> None:
-    """Keep BatchNorm running statistics the same on every rank."""
+    """Keep BatchNorm running statistics (and spectral norm's power-iteration vectors) the
+    same on every rank, with one flat all-reduce: a call per buffer was dozens of round
+    trips per step."""
     if _ENV.world == 1:
         return
-    for b in module.buffers():
-        if b.is_floating_point():
-            tdist.all_reduce(b)
-            b /= _ENV.world
+    bufs = [b for b in module.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.flatten() for b in bufs])
+    tdist.all_reduce(flat)
+    flat /= _ENV.world
+    for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
+        b.copy_(v.view_as(b))
 
 
 def max_rank(value: int) -> int:
@@ -218,6 +244,19 @@ def broadcast_object(obj):
     box = [obj]
     tdist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@contextlib.contextmanager
+def alone_on_this_machine():
+    """Rank 0's work while the other ranks wait for it (an evaluation): where all ranks of the
+    job run on this machine and split its cores, rank 0 takes them all meanwhile."""
+    share = torch.get_num_threads()
+    if _ENV.world > 1 and _local_ranks(os.environ) == _ENV.world and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(share)
 
 
 def barrier() -> None:

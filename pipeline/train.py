@@ -637,7 +637,8 @@ def _evaluate(cfg: TrainConfig, gan: GAN, run_dir: Path, step: int, device, trac
     ecfg = EvalConfig(run_dir=run_dir, data=(Path(cfg.data), *map(Path, cfg.eval_data)),
                       samples=cfg.eval_samples, seed=cfg.seed, device=str(device),
                       cache=Path(cfg.eval_cache) if cfg.eval_cache else None)
-    r = evaluate_generator(gan.G_ema, step, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
+    with dist.alone_on_this_machine():  # the other ranks wait for this evaluation
+        r = evaluate_generator(gan.G_ema, step, to_dict(cfg), Vocab(cfg.vocab), ecfg, progress=False)
     tracker.metrics(step, {k: r[k] for k in EVAL_METRICS if r.get(k) is not None}, key="cond_acc_seen")
     tracker.artifact(write_heatmap(r, run_dir / "eval" / f"heatmap_step_{step:06d}.png"), "eval")
     with open(run_dir / "eval" / "curve.jsonl", "a") as f:  # appended: a torn last line loses one point only

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from jobs.cluster import fit
@@ -254,6 +255,10 @@ def _workflow_commands(sub) -> None:
     # 1400: on toy seed 3 a 1000-step run read seen 0.685 / held-out 0.366, and the same run
     # went on to 0.962 / 0.732 at step 1400 (docs/quality.md, session 10).
     p.add_argument("--steps", type=int, default=1400, help="training steps (debug_cpu preset; default 1400)")
+    # One rank: two ranks of 8 clips take as long a step as one process with 16, and learn less
+    # per clip than one rank of 8 (docs/quality.md, session 11).
+    p.add_argument("--ranks", type=int, default=1,
+                   help="local training processes (DDP), 8 clips of the batch each (default 1)")
     # The same default as training's in-loop evaluations, so the demo trains its evaluator once.
     p.add_argument("--evaluator-steps", type=int, default=EvalConfig.steps, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
@@ -428,8 +433,8 @@ def cmd_demo(a) -> int:
     """toy data -> frames (train, validation) -> vocab -> train -> sample -> evaluate, all under --out."""
     t0 = time.perf_counter()
     validate(EvalConfig(run_dir=Path(a.out), steps=a.evaluator_steps, min_clips=a.min_clips))  # before hours of work
-    if a.videos < 1 or a.steps < 1:
-        raise UserError("--videos and --steps must be >= 1")
+    if a.videos < 1 or a.steps < 1 or a.ranks < 1:
+        raise UserError("--videos, --steps and --ranks must be >= 1")
     out = Path(a.out).absolute()
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
@@ -457,11 +462,12 @@ def cmd_demo(a) -> int:
     uri = default_uri(out)
     cache = out / "evaluators"
     cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
-                       [f"max_steps={a.steps}", f"tracking_uri={uri}", "experiment=demo",
+                       [f"max_steps={a.steps}", f"batch={8 * a.ranks}", f"tracking_uri={uri}", "experiment=demo",
                         f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
                         f"eval_data={out / 'frames-val'}",
                         f"eval_cache={cache}"])
-    rc = run_train(cfg, local).code
+    # The demo's ranks split this machine's cores (pipeline/dist.py), 8 clips each.
+    rc = run_train(cfg, replace(local, res=replace(local.res, tasks_per_node=a.ranks))).code
     if rc:
         return rc
     reached = (load_latest(out / "run") or {}).get("step", 0)

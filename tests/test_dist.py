@@ -81,3 +81,34 @@ def test_no_node_list_fails_fast_with_a_clear_error(monkeypatch, nodelist):
     assert time.time() - t0 < 5
     assert ("no SLURM_JOB_NODELIST" in str(e.value) and "localhost" in str(e.value)) if not nodelist \
         else "can't read node list 'n[1-'" in str(e.value)
+
+
+def test_ranks_on_one_machine_split_its_cores_and_omp_num_threads_wins():
+    """Each rank's torch threads: a SLURM task's CPUs; a local job's share of this machine's
+    cores (two ranks with a thread per core each ran 4 threads on 2 cores); else torch's own."""
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert dist._threads_per_rank({"SLURM_CPUS_PER_TASK": "3"}) == 3
+    assert dist._threads_per_rank({"SUBMITIT_LOCAL_NTASKS": "2"}) == max(1, cores // 2)
+    assert dist._threads_per_rank({"LOCAL_WORLD_SIZE": str(4 * cores)}) == 1
+    assert dist._threads_per_rank({"SUBMITIT_LOCAL_NTASKS": "1"}) is None
+    assert dist._threads_per_rank({}) is None
+    assert dist._threads_per_rank({"OMP_NUM_THREADS": "1", "SLURM_CPUS_PER_TASK": "3"}) is None
+
+
+def test_rank_0_takes_the_waiting_ranks_cores_while_it_evaluates_alone(monkeypatch):
+    import os
+
+    import torch
+
+    cores, share = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
+    monkeypatch.setattr(dist, "_ENV", dist.Env(rank=0, world=2))
+    with dist.alone_on_this_machine():
+        assert torch.get_num_threads() == cores
+    assert torch.get_num_threads() == share
+    monkeypatch.setattr(dist, "_ENV", dist.Env(rank=0, world=4))  # ranks on other machines too: its share only
+    with dist.alone_on_this_machine():
+        assert torch.get_num_threads() == share
