@@ -76,7 +76,10 @@ class TrainConfig:
     # "shuffle_g": only G's own step draws shuffled captions; D's fakes keep the batch's. With
     # "shuffle" D sees a held-out pair on fakes only, so it can learn "that pair is fake",
     # and G is pushed away from drawing it at all (docs/quality.md, session 9).
-    fake_cond: Literal["data", "shuffle", "shuffle_g"] = "data"
+    # "recompose_g": as shuffle_g, and each caption's modifier words (the colour of "red plank")
+    # may come from another caption's, where the batch shows both modifiers with one head
+    # word ("red square", "blue square"): G is also asked for colour + shape pairs no clip shows.
+    fake_cond: Literal["data", "shuffle", "shuffle_g", "recompose_g"] = "data"
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
@@ -403,7 +406,22 @@ def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
     if kind == "data" or not parts:
         return cond
     perm = torch.randperm(len(cond), device=cond.device)
-    return torch.cat([cond[perm, :parts[0]], cond[:, parts[0]:]], 1)
+    out = torch.cat([cond[perm, :parts[0]], cond[:, parts[0]:]], 1)
+    return recomposed(out, parts) if kind == "recompose_g" and len(parts) == 3 else out
+
+
+def recomposed(cond: torch.Tensor, parts) -> torch.Tensor:
+    """``cond`` with each row's modifier block (parts: template, head word, modifiers) taken
+    from a random other row whose modifier is interchangeable with its own: the batch shows
+    both modifiers with one head word ("red square" and "blue square" make "blue plank" a
+    "red plank"). A digit card's "digit" shares no head with a colour, so it keeps its own."""
+    t, h = parts[0], parts[1]
+    head, mod = cond[:, t:t + h], cond[:, t + h:]
+    same_h, same_m = (~_differs(head)).float(), (~_differs(mod)).float()
+    ok = ((same_m @ same_h @ same_m) > 0) & _differs(mod)  # (B, B): row j's modifier fits row i
+    donor = (torch.rand(ok.shape, device=cond.device) + 2 * ok.float()).argmax(1)
+    has = ok[torch.arange(len(cond), device=cond.device), donor]
+    return torch.cat([cond[:, :t + h], torch.where(has[:, None], mod[donor], mod)], 1)
 
 
 class GAN:
@@ -452,7 +470,7 @@ class GAN:
             lazy = cfg.gp_every > 1 and self.d_count % cfg.gp_every != 0
             real, cond = next_batch()
             gcond = fake_conditions(cond, cfg.fake_cond, self.cond_parts)
-            dcond = cond if cfg.fake_cond == "shuffle_g" else gcond  # the captions of D's fakes
+            dcond = cond if cfg.fake_cond in ("shuffle_g", "recompose_g") else gcond  # the captions of D's fakes
             # The last D step's fakes keep their graph and are also Gmain's: one G forward per
             # step fewer (about a tenth of a CPU step), and G is judged on what D just saw.
             # With shuffle_g, Gmain draws its own (D's fakes have other captions).

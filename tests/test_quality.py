@@ -100,7 +100,7 @@ def test_shuffled_fake_conditions_recombine_templates_and_objects():
     assert torch.equal(fake_conditions(cond, "shuffle", None), cond)  # no parts: nothing to recombine
 
 
-@pytest.mark.parametrize("kind", ["shuffle", "shuffle_g"])
+@pytest.mark.parametrize("kind", ["shuffle", "shuffle_g", "recompose_g"])
 def test_with_shuffle_g_only_gs_own_step_draws_the_shuffled_captions(kind, tmp_path):
     """D must never see a caption on fakes alone (it would learn that pair is fake); G still
     gets asked for the pairs no clip shows."""
@@ -120,8 +120,8 @@ def test_with_shuffle_g_only_gs_own_step_draws_the_shuffled_captions(kind, tmp_p
     assert len(shuffled) == 1 and drawn[-1][1]  # G's gradient step draws shuffled captions
     assert torch.equal(shuffled[0][:, 4:], cond[:, 4:])
     # D's three scores in its step: real, mismatched real, fake; then G's.
-    assert torch.equal(d_fake[2], cond if kind == "shuffle_g" else shuffled[0])
-    assert len(drawn) == (2 if kind == "shuffle_g" else 1)
+    assert torch.equal(d_fake[2], shuffled[0] if kind == "shuffle" else cond)
+    assert len(drawn) == (1 if kind == "shuffle" else 2)
 
 
 def test_the_ema_half_life_grows_with_the_run_up_to_ema_beta():
@@ -148,3 +148,17 @@ def test_heldout_kinds_follow_from_the_training_words():
     assert _kind("red square", ["red square"], train_objects, words) == "new_pair"
     assert _kind("blue square", ["blue square"], train_objects, words) == "new_object"
     assert _kind("digit four", ["digit four"], train_objects, words) == "unreachable"
+
+
+def test_recompose_g_swaps_a_colour_only_where_the_batch_shows_it_with_a_shared_shape():
+    # Blocks: template (2) | head (3: square, plank, four) | modifier (3: red, blue, digit).
+    t, head, mod = torch.eye(2), torch.eye(3), torch.eye(3)
+    rows = [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 2, 2)]  # red square, blue square, blue plank, digit four
+    cond = torch.stack([torch.cat([t[a], head[b], mod[c]]) for a, b, c in rows])
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out = fake_conditions(cond, "recompose_g", (2, 3, 3))
+        assert torch.equal(out[:, 2:5], cond[:, 2:5])  # every head word kept
+        assert torch.equal(out[2, 5:], mod[0])  # blue plank -> red plank (red ~ blue via square)
+        assert torch.equal(out[0, 5:], mod[1]) and torch.equal(out[1, 5:], mod[0])
+        assert torch.equal(out[3, 5:], mod[2])  # digit four keeps "digit"
