@@ -402,7 +402,7 @@ def ema_beta(beta: float, rampup: float, step: int) -> float:
 def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
     """What G draws for (``TrainConfig.fake_cond``): the batch's captions, or with ``shuffle``
     or ``shuffle_g`` the template block permuted across the batch (templates and objects drawn
-    independently)."""
+    independently); ``recompose_g`` also recomposes colour + shape objects (``recomposed``)."""
     if kind == "data" or not parts:
         return cond
     perm = torch.randperm(len(cond), device=cond.device)

@@ -75,11 +75,16 @@ def test_hard_negatives_swap_exactly_one_part():
     assert torch.equal(roll_vid, cond.roll(1, 0))
 
 
+def one_hot_captions(rows, sizes) -> torch.Tensor:
+    """Conditions whose blocks (template, head word, modifier) are one-hot: row (a, b, c) is
+    template a, head word b, modifier c."""
+    return torch.stack([torch.cat([torch.eye(n)[i] for n, i in zip(sizes, row)]) for row in rows])
+
+
 def test_an_object_part_is_swapped_for_a_neighbours_where_the_batch_has_one():
     # Blocks: template (2) | head word (3: seven, zero, plank) | modifier (2: digit, red).
-    t, head, mod = torch.eye(2), torch.eye(3), torch.eye(2)
-    rows = [(0, 0, 0), (1, 1, 0), (0, 2, 1), (1, 2, 1)]  # digit seven, digit zero, red plank, red plank
-    cond = torch.stack([torch.cat([t[a], head[b], mod[c]]) for a, b, c in rows])
+    head, mod = torch.eye(3), torch.eye(2)
+    cond = one_hot_captions([(0, 0, 0), (1, 1, 0), (0, 2, 1), (1, 2, 1)], (2, 3, 2))  # digit seven, digit zero, red plank x2
     for seed in range(20):
         torch.manual_seed(seed)
         _, img = mismatched(cond, "hard", (2, 3, 2))  # the image D: row 0 swaps its head, row 1 its modifier
@@ -152,9 +157,8 @@ def test_heldout_kinds_follow_from_the_training_words():
 
 def test_recompose_g_swaps_a_colour_only_where_the_batch_shows_it_with_a_shared_shape():
     # Blocks: template (2) | head (3: square, plank, four) | modifier (3: red, blue, digit).
-    t, head, mod = torch.eye(2), torch.eye(3), torch.eye(3)
-    rows = [(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 2, 2)]  # red square, blue square, blue plank, digit four
-    cond = torch.stack([torch.cat([t[a], head[b], mod[c]]) for a, b, c in rows])
+    mod = torch.eye(3)
+    cond = one_hot_captions([(0, 0, 0), (1, 0, 1), (0, 1, 1), (1, 2, 2)], (2, 3, 3))  # red/blue square, blue plank, digit four
     for seed in range(10):
         torch.manual_seed(seed)
         out = fake_conditions(cond, "recompose_g", (2, 3, 3))
