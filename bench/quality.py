@@ -8,6 +8,7 @@ control) and a summary against the targets of issue 16.
 
     .venv/bin/python bench/quality.py                       # seeds 0 1, 2400 steps each
     .venv/bin/python bench/quality.py --seeds 3 --steps 600 # a quick look
+    .venv/bin/python bench/quality.py --set d_vid_cond=motion   # a lever, on seeds 0 1
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from pipeline.evaluate import cell_table  # noqa: E402
 TARGETS = {"cond_acc_seen": 0.95, "cond_acc_heldout": 0.8, "min_cell_acc_heldout": 0.5}
 
 
-def run_seed(out: Path, seed: int, steps: int, eval_every: int, threads: int) -> dict:
+def run_seed(out: Path, seed: int, steps: int, eval_every: int, threads: int, sets=()) -> dict:
     t2v = Path(sys.executable).with_name("t2v")
     cmd = [str(t2v), "demo", "--out", str(out), "--seed", str(seed), "--steps", str(steps),
-           "--eval-every", str(eval_every)]
+           "--eval-every", str(eval_every), *[x for kv in sets for x in ("--set", kv)]]
     print(f"$ OMP_NUM_THREADS={threads} " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "quality")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a training config override for every seed (t2v demo --set)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="seeds run at once (default: one per CPU)")
     a = ap.parse_args()
     # Seeds run side by side, one torch thread each where there are cores for it: two small
@@ -80,7 +83,7 @@ def main() -> int:
     threads = max(1, (os.cpu_count() or 1) // jobs)
     t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(lambda s: run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every, threads),
+        results = list(pool.map(lambda s: run_seed(a.out / f"seed-{s}", s, a.steps, a.eval_every, threads, a.set),
                                 a.seeds))
     for res in results:
         report(res)

@@ -228,8 +228,14 @@ class ImageD(nn.Module):
 
 
 class VideoD(nn.Module):
-    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False):
+    """Scores whole clips; with ``parts`` (motion only) it judges them against the template
+    words alone, and the object is left to the image D, which sees it in every frame."""
+
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False, parts=None):
         super().__init__()
+        self.parts = tuple(parts) if parts else None
+        if self.parts:
+            cond_dim = self.parts[0]
         self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True, pool_first=pool_first), DBlock(ch, 2 * ch, 3))  # T/4, H/4
         self.convgru = ConvGRU(2 * ch, 2 * ch, sn=True)
         n2 = int(math.log2(size // 16))  # 2D down-blocks to 4x4
@@ -243,7 +249,7 @@ class VideoD(nn.Module):
         return F.relu(self.b2(h)).sum((2, 3))
 
     def score(self, phi, cond):
-        return self.head(phi, cond)
+        return self.head(phi, split_cond(cond, self.parts)[0])
 
     def forward(self, video, cond):
         return self.score(self.features(video), cond)

@@ -80,6 +80,11 @@ class TrainConfig:
     # may come from another caption's, where the batch shows both modifiers with one head
     # word ("red square", "blue square"): G is also asked for colour + shape pairs no clip shows.
     fake_cond: Literal["data", "shuffle", "shuffle_g", "recompose_g"] = "data"
+    # The words the video D judges a clip against: "all" (the original), or "motion": the
+    # template words only (needs a `parts` vocab), so that each D judges a part of the caption
+    # it has seen in every combination: the image D the object in each frame, the video D the
+    # motion. A held-out pair is then no new input for either D.
+    d_vid_cond: Literal["all", "motion"] = "all"
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
@@ -377,17 +382,19 @@ def _one_swapped(blocks: list[torch.Tensor], which: list[int]) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def mismatched(cond: torch.Tensor, kind: str, parts) -> tuple[torch.Tensor, torch.Tensor]:
+def mismatched(cond: torch.Tensor, kind: str, parts, vid_motion_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Wrong text for real clips: (for the video D, for the image D).
 
     "hard" keeps all but one part of the caption and swaps that one for another caption's:
     the template (same object, another direction), or one word block of the object (same
     direction, another shape or another colour). The image D sees only the object words (a
-    still frame can't show a direction), so it always gets an object block swapped."""
+    still frame can't show a direction), so it always gets an object block swapped; a video
+    D that sees only the template words (``vid_motion_only``) always gets the template swapped."""
     if kind == "roll" or not parts:
         return cond.roll(1, 0), cond.roll(1, 0)
     blocks = list(torch.split(cond, list(parts), 1))
-    return _one_swapped(blocks, list(range(len(blocks)))), _one_swapped(blocks, list(range(1, len(blocks))))
+    vid = [0] if vid_motion_only else list(range(len(blocks)))
+    return _one_swapped(blocks, vid), _one_swapped(blocks, list(range(1, len(blocks))))
 
 
 def ema_beta(beta: float, rampup: float, step: int) -> float:
@@ -438,7 +445,8 @@ class GAN:
         self.G = generator(cfg, cond_dim, cond_parts).to(device)
         self.G_ema = generator(cfg, cond_dim, cond_parts).to(device).eval()
         self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
-        self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first).to(device)
+        self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first,
+                            cond_parts if cfg.d_vid_cond == "motion" else None).to(device)
         self.G_ema.load_state_dict(self.G.state_dict())
         if cfg.channels_last:  # only 5D conv weights have a channels-last layout
             for net in (self.G, self.D_vid, self.G_ema):
@@ -478,7 +486,7 @@ class GAN:
             with torch.set_grad_enabled(shared), amp:
                 fake_g = self.G_train(dcond, G.noise(real.shape[0], self.device))
             fake = fake_g.detach()
-            mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts)  # real clip, wrong text
+            mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts, self.D_vid.parts is not None)
             if self.policy:
                 real, fake = augment(real, self.policy), augment(fake, self.policy)
             loss = 0.0

@@ -98,6 +98,7 @@ settings that differ between the runs; summary.csv holds every run's params and 
 """,
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
+  t2v demo --out /tmp/d1 --seed 1 --set d_vid_cond=motion   # another toy seed, a training lever
 """,
 }
 
@@ -260,6 +261,8 @@ def _workflow_commands(sub) -> None:
     p.add_argument("--ranks", type=int, default=1,
                    help="local training processes (DDP), 8 clips of the batch each (default 1)")
     # The same default as training's in-loop evaluations, so the demo trains its evaluator once.
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training config key after the demo's own (e.g. fake_cond=recompose_g)")
     p.add_argument("--evaluator-steps", type=int, default=EvalConfig.steps, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
 
@@ -436,6 +439,12 @@ def cmd_demo(a) -> int:
     if a.videos < 1 or a.steps < 1 or a.ranks < 1:
         raise UserError("--videos, --steps and --ranks must be >= 1")
     out = Path(a.out).absolute()
+    uri, cache = default_uri(out), out / "evaluators"
+    # Built before any work, so that a bad --set costs one line, not minutes of toy data.
+    cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
+                       [f"max_steps={a.steps}", f"batch={8 * a.ranks}", f"tracking_uri={uri}", "experiment=demo",
+                        f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
+                        f"eval_data={out / 'frames-val'}", f"eval_cache={cache}", *a.set])
     data = out / "toy"
     if not (data / "toy_meta.json").exists():
         make_toy(data, videos=a.videos, seed=a.seed)
@@ -459,13 +468,6 @@ def cmd_demo(a) -> int:
     if rc:
         return rc
     print(f"\n== train == ({time.perf_counter() - t0:.0f} s in)")
-    uri = default_uri(out)
-    cache = out / "evaluators"
-    cfg = build_config(out / "frames", out / "vocab", out / "run", "debug_cpu",
-                       [f"max_steps={a.steps}", f"batch={8 * a.ranks}", f"tracking_uri={uri}", "experiment=demo",
-                        f"eval_every={a.eval_every if a.eval_every is not None else a.steps // 2 if a.steps >= 30 else 0}",
-                        f"eval_data={out / 'frames-val'}",
-                        f"eval_cache={cache}"])
     # The demo's ranks split this machine's cores (pipeline/dist.py), 8 clips each.
     rc = run_train(cfg, replace(local, res=replace(local.res, tasks_per_node=a.ranks))).code
     if rc:

@@ -19,8 +19,12 @@ def test_every_subcommand_has_help_with_examples(cmd):
 
 
 def test_demo_runs_what_exists(tmp_path):
+    # A bad --set is one line before any work; a good one reaches the run's frozen config.
+    bad = t2v("demo", "--out", tmp_path / "demo", "--set", "d_vid_cond=both", check=False)
+    assert bad.returncode == 2 and "d_vid_cond" in bad.stderr and not (tmp_path / "demo").exists()
     r = t2v("demo", "--out", tmp_path / "demo", "--videos", "60", "--steps", "2", "--evaluator-steps", "20",
-            "--min-clips", "1")
+            "--min-clips", "1", "--set", "lr_g=0.0004")
+    assert __import__("json").loads((tmp_path / "demo/run/config.json").read_text())["lr_g"] == 0.0004
     assert "status counts: ok=" in r.stdout and (tmp_path / "demo/frames/manifest.csv").exists()
     assert "training finished at step 2" in r.stdout and "mlflow ui --backend-store-uri" in r.stdout
     clips = tmp_path / "demo/run/clips"

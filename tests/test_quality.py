@@ -9,6 +9,7 @@ import torch
 from conftest import t2v
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
+from pipeline.models import VideoD
 from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
@@ -73,6 +74,34 @@ def test_hard_negatives_swap_exactly_one_part():
     assert (kept.sum(1) == 2).all() and (img3[:, :4] == t[:12]).all()
     roll_vid, _ = mismatched(cond, "roll", (4, 6))
     assert torch.equal(roll_vid, cond.roll(1, 0))
+
+
+def test_a_motion_only_video_d_judges_the_template_words_alone():
+    torch.manual_seed(0)
+    parts = (4, 3, 3)
+    t, o, c = torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3], torch.eye(3)[torch.arange(8) % 2]
+    cond = torch.cat([t, o, c], 1)
+    D = VideoD(sum(parts), ch=2, size=16, parts=parts).eval()
+    phi = D.features(torch.rand(8, 3, 4, 16, 16) * 2 - 1)
+    other_object = torch.cat([t, o.roll(1, 0), c.roll(3, 0)], 1)
+    assert torch.equal(D.score(phi, cond), D.score(phi, other_object))  # object words change nothing
+    assert not torch.allclose(D.score(phi, cond), D.score(phi, torch.cat([t.roll(1, 0), o, c], 1)))
+    vid, img = mismatched(cond, "hard", parts, vid_motion_only=True)
+    assert (~(vid[:, :4] == t).all(1)).all() and torch.equal(vid[:, 4:], cond[:, 4:])  # always the template
+    assert (img[:, :4] == t).all()  # the image D's negatives are as before: an object block
+
+
+def test_a_training_step_with_a_motion_only_video_d(tmp_path):
+    torch.manual_seed(0)
+    parts = (4, 3, 3)
+    cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
+                      size=16, img_frames=1, d_steps=1, fake_cond="shuffle_g", mismatch="hard", d_vid_cond="motion")
+    gan = GAN(cfg, sum(parts), torch.device("cpu"), cond_parts=parts)
+    assert gan.D_vid.head.embed.in_features == 4  # the template block's width
+    cond = torch.cat([torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3],
+                      torch.eye(3)[torch.arange(8) % 3]], 1)
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
 
 
 def one_hot_captions(rows, sizes) -> torch.Tensor:
