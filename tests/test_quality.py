@@ -86,22 +86,27 @@ def test_a_motion_only_video_d_judges_the_template_words_alone():
     other_object = torch.cat([t, o.roll(1, 0), c.roll(3, 0)], 1)
     assert torch.equal(D.score(phi, cond), D.score(phi, other_object))  # object words change nothing
     assert not torch.allclose(D.score(phi, cond), D.score(phi, torch.cat([t.roll(1, 0), o, c], 1)))
-    vid, img = mismatched(cond, "hard", parts, vid_motion_only=True)
+    vid, img = mismatched(cond, "hard", parts, vid_template_only=True)
     assert (~(vid[:, :4] == t).all(1)).all() and torch.equal(vid[:, 4:], cond[:, 4:])  # always the template
     assert (img[:, :4] == t).all()  # the image D's negatives are as before: an object block
 
 
-def test_a_training_step_with_a_motion_only_video_d(tmp_path):
+@pytest.mark.parametrize("lever", [{"d_vid_cond": "motion"}, {"vid_mismatch": "template"}])
+def test_the_video_ds_negatives_swap_only_the_template_with_either_lever(lever, tmp_path):
     torch.manual_seed(0)
     parts = (4, 3, 3)
     cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
-                      size=16, img_frames=1, d_steps=1, fake_cond="shuffle_g", mismatch="hard", d_vid_cond="motion")
+                      size=16, img_frames=1, d_steps=1, fake_cond="recompose_g", mismatch="hard", **lever)
     gan = GAN(cfg, sum(parts), torch.device("cpu"), cond_parts=parts)
-    assert gan.D_vid.head.embed.in_features == 4  # the template block's width
+    assert gan.D_vid.head.embed.in_features == (4 if "d_vid_cond" in lever else 10)  # template words / all
     cond = torch.cat([torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3],
                       torch.eye(3)[torch.arange(8) % 3]], 1)
+    scored, d_score = [], gan.D_vid.score
+    gan.D_vid.score = lambda phi, c: scored.append(c) or d_score(phi, c)
     out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
     assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    mism = scored[1]  # D's scores: real, mismatched real, fake
+    assert torch.equal(mism[:, 4:], cond[:, 4:]) and (~(mism[:, :4] == cond[:, :4]).all(1)).all()
 
 
 def one_hot_captions(rows, sizes) -> torch.Tensor:
