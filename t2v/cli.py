@@ -98,7 +98,7 @@ settings that differ between the runs; summary.csv holds every run's params and 
 """,
     "demo": """examples:
   t2v demo --out demo-output                 # what `make demo` runs
-  t2v demo --out /tmp/d1 --seed 1 --set d_vid_cond=motion   # another toy seed, a training lever
+  t2v demo --out /tmp/d1 --seed 1 --set fake_cond=shuffle_g   # another toy seed, a training lever
 """,
 }
 
@@ -260,9 +260,9 @@ def _workflow_commands(sub) -> None:
     # per clip than one rank of 8 (docs/quality.md, session 11).
     p.add_argument("--ranks", type=int, default=1,
                    help="local training processes (DDP), 8 clips of the batch each (default 1)")
-    # The same default as training's in-loop evaluations, so the demo trains its evaluator once.
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training config key after the demo's own (e.g. fake_cond=recompose_g)")
+                   help="override a training config key after the demo's own (e.g. fake_cond=shuffle_g)")
+    # The same default as training's in-loop evaluations, so the demo trains its evaluator once.
     p.add_argument("--evaluator-steps", type=int, default=EvalConfig.steps, help=argparse.SUPPRESS)  # tests: smaller
     p.add_argument("--min-clips", type=int, default=3, help=argparse.SUPPRESS)
 
