@@ -389,7 +389,8 @@ def _one_swapped(blocks: list[torch.Tensor], which: list[int]) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
-def mismatched(cond: torch.Tensor, kind: str, parts, vid_template_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def mismatched(cond: torch.Tensor, kind: str, parts,
+               vid_template_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Wrong text for real clips: (for the video D, for the image D).
 
     "hard" keeps all but one part of the caption and swaps that one for another caption's:
@@ -454,6 +455,8 @@ class GAN:
         self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first,
                             cond_parts if cfg.d_vid_cond == "motion" else None).to(device)
+        # A video D that sees no object words can only be shown a wrong template.
+        self.vid_template_only = self.D_vid.parts is not None or cfg.vid_mismatch == "template"
         self.G_ema.load_state_dict(self.G.state_dict())
         if cfg.channels_last:  # only 5D conv weights have a channels-last layout
             for net in (self.G, self.D_vid, self.G_ema):
@@ -493,8 +496,7 @@ class GAN:
             with torch.set_grad_enabled(shared), amp:
                 fake_g = self.G_train(dcond, G.noise(real.shape[0], self.device))
             fake = fake_g.detach()
-            mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts,
-                                            self.D_vid.parts is not None or cfg.vid_mismatch == "template")
+            mism_vid, mism_img = mismatched(cond, cfg.mismatch, self.cond_parts, self.vid_template_only)
             if self.policy:
                 real, fake = augment(real, self.policy), augment(fake, self.policy)
             loss = 0.0

@@ -91,16 +91,22 @@ def test_a_motion_only_video_d_judges_the_template_words_alone():
     assert (img[:, :4] == t).all()  # the image D's negatives are as before: an object block
 
 
+PARTS = (4, 3, 3)  # the tiny GAN's caption blocks: template | head word | modifier
+
+
+def tiny_gan(tmp_path, **cfg) -> tuple[GAN, torch.Tensor]:
+    """A GAN small enough for one step in a test, with hard negatives, and 8 captions for it."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
+                      size=16, img_frames=1, d_steps=1, mismatch="hard", g_conv="2+1d", **cfg)
+    return (GAN(cfg, sum(PARTS), torch.device("cpu"), cond_parts=PARTS),
+            one_hot_captions([(i % 4, i % 3, i % 3) for i in range(8)], PARTS))
+
+
 @pytest.mark.parametrize("lever", [{"d_vid_cond": "motion"}, {"vid_mismatch": "template"}])
 def test_the_video_ds_negatives_swap_only_the_template_with_either_lever(lever, tmp_path):
-    torch.manual_seed(0)
-    parts = (4, 3, 3)
-    cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
-                      size=16, img_frames=1, d_steps=1, fake_cond="recompose_g", mismatch="hard", **lever)
-    gan = GAN(cfg, sum(parts), torch.device("cpu"), cond_parts=parts)
+    gan, cond = tiny_gan(tmp_path, fake_cond="recompose_g", **lever)
     assert gan.D_vid.head.embed.in_features == (4 if "d_vid_cond" in lever else 10)  # template words / all
-    cond = torch.cat([torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3],
-                      torch.eye(3)[torch.arange(8) % 3]], 1)
     scored, d_score = [], gan.D_vid.score
     gan.D_vid.score = lambda phi, c: scored.append(c) or d_score(phi, c)
     out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
@@ -143,13 +149,7 @@ def test_shuffled_fake_conditions_recombine_templates_and_objects():
 def test_with_shuffle_g_only_gs_own_step_draws_the_shuffled_captions(kind, tmp_path):
     """D must never see a caption on fakes alone (it would learn that pair is fake); G still
     gets asked for the pairs no clip shows."""
-    torch.manual_seed(0)
-    parts = (4, 3, 3)
-    cfg = TrainConfig(tmp_path, tmp_path, tmp_path, batch=8, g_ch=2, d_ch=2, z_dim=4, gru_dim=8, frames=4,
-                      size=16, img_frames=1, d_steps=1, fake_cond=kind, mismatch="hard", g_conv="2+1d")
-    gan = GAN(cfg, sum(parts), torch.device("cpu"), cond_parts=parts)
-    cond = torch.cat([torch.eye(4)[torch.arange(8) % 4], torch.eye(3)[torch.arange(8) % 3],
-                      torch.eye(3)[torch.arange(8) % 3]], 1)
+    gan, cond = tiny_gan(tmp_path, fake_cond=kind)
     drawn, d_fake = [], []
     g_forward, d_score = gan.G_train, gan.D_vid.score
     gan.G_train = lambda c, z: drawn.append((c, torch.is_grad_enabled())) or g_forward(c, z)
