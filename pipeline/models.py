@@ -77,21 +77,25 @@ class TimeConv(nn.Conv3d):
         return y.view(b, -1, t, h, w)
 
 
-def conv3d(cin: int, cout: int, factorized: bool) -> nn.Module:
+def conv3d(cin: int, cout: int, factorized: bool, temporal: bool = True) -> nn.Module:
     """A 3x3x3 convolution, or its (2+1)D factorisation (arXiv 1711.11248): 3x3 in space,
     then 3 in time. The same receptive field from 9 + 3 taps instead of 27; the generator's
-    full-resolution 3D convolutions are most of a CPU step (docs/quality.md has the timings)."""
+    full-resolution 3D convolutions are most of a CPU step (docs/quality.md has the timings).
+    ``temporal=False``: the 3x3 in space alone, each frame on its own."""
+    space = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
+    if not temporal:
+        return space
     if not factorized:
         return nn.Conv3d(cin, cout, 3, padding=1)
-    return nn.Sequential(nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1)), TimeConv(cout, cout))
+    return nn.Sequential(space, TimeConv(cout, cout))
 
 
 class GBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, y_dim: int, factorized: bool = False):
+    def __init__(self, cin: int, cout: int, y_dim: int, factorized: bool = False, temporal: bool = True):
         super().__init__()
         self.n1, self.n2 = CBN3d(cin, y_dim), CBN3d(cout, y_dim)
-        self.c1 = conv3d(cin, cout, factorized)
-        self.c2 = conv3d(cout, cout, factorized)
+        self.c1 = conv3d(cin, cout, factorized, temporal)
+        self.c2 = conv3d(cout, cout, factorized, temporal)
         self.sc = nn.Conv3d(cin, cout, 1)
 
     def forward(self, x, y):
@@ -113,10 +117,16 @@ def split_cond(cond: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
 class Generator(nn.Module):
     """``parts``: (template dims, object dims...) of the condition. Then the GRU, which makes
     the motion, sees only the template words, and the conditional BatchNorms, which make
-    the content, see only the object words (MoCoGAN's label-in-motion placement)."""
+    the content, see only the object words (MoCoGAN's label-in-motion placement).
+
+    ``frame_blocks``: the last N up-blocks, and the output conv, draw each frame on its own
+    (space-only convs). Motion is then set at the coarse scales alone, and an object's fine
+    detail is drawn the same way whatever its direction: in the 3D blocks a time conv sees a
+    moving pattern shifted one way or the other, so a direction never trained with an object
+    was a new input there (docs/quality.md, session 13)."""
 
     def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
-                 gru_dim: int = 256, parts=None, factorized: bool = False):
+                 gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         motion_dim, content_dim = (self.parts[0], sum(self.parts[1:])) if self.parts else (cond_dim, cond_dim)
@@ -128,14 +138,17 @@ class Generator(nn.Module):
         y_dim = z_dim + content_dim
         self.gru = nn.GRU(z_dim + motion_dim, gru_dim, batch_first=True)
         self.fc = nn.Linear(gru_dim, widths[0] * 16)
-        self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], y_dim, factorized) for i in range(n_up))
+        if not 0 <= frame_blocks <= n_up:
+            raise ValueError(f"frame_blocks must be 0..{n_up}, got {frame_blocks}")
+        self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], y_dim, factorized, i < n_up - frame_blocks)
+                                    for i in range(n_up))
         mid = n_up // 2  # the ConvGRU sits after the middle block
         self.mid = mid
         self.convgru = ConvGRU(widths[mid], widths[mid])
         # The content words modulate the last features too: the object's colour and outline
         # are drawn at full resolution (held-out compositions, docs/quality.md, session 7).
         self.out_bn = CBN3d(widths[-1], y_dim)
-        self.out = nn.Conv3d(widths[-1], 3, 3, padding=1)
+        self.out = nn.Conv3d(widths[-1], 3, (1, 3, 3) if frame_blocks else 3, padding=(0 if frame_blocks else 1, 1, 1))
         self.widths = widths
 
     def noise(self, b: int, device) -> torch.Tensor:
@@ -152,6 +165,13 @@ class Generator(nn.Module):
                 x = x + self.convgru(x)
             x = block(x, y)
         return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
+
+
+def build_generator(cfg, cond_dim: int, parts) -> Generator:
+    """G from a run's config: a TrainConfig's fields as a dict (a checkpoint's "config").
+    Older checkpoints lack the newer keys; their defaults are what those runs had."""
+    return Generator(cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"], parts,
+                     cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0))
 
 
 class DBlock(nn.Module):

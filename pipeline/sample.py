@@ -18,7 +18,7 @@ from . import checkpoints
 from .clips import grid, to_uint8, write
 from .errors import UserError
 from .files import atomic_path, write_json
-from .models import Generator, render
+from .models import build_generator, render
 from .vocab import Vocab
 
 
@@ -53,8 +53,7 @@ def load_generator(run_dir, checkpoint=None, device="cpu") -> Loaded:
     state, path = checkpoints.resolve(run_dir, checkpoint)
     cfg = state["config"]
     vocab = Vocab(cfg["vocab"])
-    G = Generator(vocab.cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"],
-                  vocab.parts, cfg.get("g_conv", "3d") == "2+1d")
+    G = build_generator(cfg, vocab.cond_dim, vocab.parts)
     checkpoints.load_weights(G, state["G_ema"], path)
     return Loaded(G.to(device).eval(), int(state["step"]), path, cfg, vocab)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import random
 import signal
 import subprocess
@@ -37,7 +38,7 @@ from .errors import UserError
 from .evaluate import EvalConfig, evaluate_generator, write_heatmap
 from .files import atomic_write, write_json
 from .labels import fill
-from .models import Generator, ImageD, VideoD, render
+from .models import Generator, ImageD, VideoD, build_generator, render
 from .prompts import clip_prompts, prompt_conditions
 from .tracking import Tracker, default_uri
 from .vocab import Vocab
@@ -103,6 +104,7 @@ class TrainConfig:
     g_ch: int = 32
     d_ch: int = 32
     g_conv: Literal["3d", "2+1d"] = "3d"  # the generator's up-block convolutions (2+1d: space, then time)
+    g_frame_blocks: int = 0  # the last N up-blocks (and G's output conv) draw each frame on its own (models.Generator)
     img_frames: int = 4  # frames the image discriminator scores per clip
     d_pool_first: bool = False  # both Ds' first block pools between its convs (cheaper; models.DBlock)
     # Speed.
@@ -270,6 +272,10 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
                         f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
     if cfg.size not in (32, 64, 128):
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
+    n_up = int(math.log2(cfg.size // 4))  # G's up-blocks
+    if not 0 <= cfg.g_frame_blocks <= n_up:
+        raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
+                        f"not {cfg.g_frame_blocks}")
     vocab = Vocab(cfg.vocab)
     data = TrainData(cfg.data, cfg.vocab)  # raises on ids without conditions
     if data.cond.shape[1] != vocab.cond_dim:
@@ -299,7 +305,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
 
 
 def generator(cfg: TrainConfig, cond_dim: int, parts) -> Generator:
-    return Generator(cond_dim, cfg.z_dim, cfg.g_ch, cfg.frames, cfg.size, cfg.gru_dim, parts, cfg.g_conv == "2+1d")
+    return build_generator(to_dict(cfg), cond_dim, parts)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -344,3 +344,37 @@ def test_the_time_convolution_is_a_conv3d_with_the_same_weights_and_gradients():
     # The (2+1)D generator's state_dict keys are the ones a plain Conv3d pair gave.
     keys = set(Generator(10, z_dim=4, ch=2, frames=4, gru_dim=8, factorized=True).state_dict())
     assert "blocks.0.c1.1.weight" in keys and "blocks.0.c1.1.bias" in keys
+
+
+@pytest.mark.parametrize("frame_blocks", [1, 2])
+def test_frame_blocks_draw_each_frame_from_that_frames_coarse_features_alone(frame_blocks):
+    """With g_frame_blocks=N, what goes into the last N up-blocks reaches the output only in
+    its own frame (no time conv after that point), while a 3D block still mixes frames."""
+    torch.manual_seed(0)
+    G = Generator(10, z_dim=4, ch=2, frames=6, gru_dim=8, parts=(4, 3, 3), factorized=True,
+                  frame_blocks=frame_blocks).eval()
+    first_frame_block = G.blocks[len(G.blocks) - frame_blocks]
+    seen = {}
+
+    def poke(_m, args):  # frame 2 of the first per-frame block's input, changed on the second pass
+        x = args[0].clone()
+        if seen.setdefault("calls", 0):
+            x[:, :, 2] += 1.0
+        seen["calls"] += 1
+        return (x, *args[1:])
+
+    handle = first_frame_block.register_forward_pre_hook(poke)
+    cond, noise = torch.randn(2, 10), G.noise(2, "cpu")
+    with torch.no_grad():
+        base, poked = G(cond, noise), G(cond, noise)
+    handle.remove()
+    changed = (poked - base).abs().amax((0, 1, 3, 4)) > 1e-6  # per frame
+    assert changed.tolist() == [i == 2 for i in range(6)]
+    # The same poke before a 3D block spreads to the neighbouring frames.
+    G3 = Generator(10, z_dim=4, ch=2, frames=6, gru_dim=8, parts=(4, 3, 3), factorized=True).eval()
+    seen.clear()
+    handle = G3.blocks[len(G3.blocks) - frame_blocks].register_forward_pre_hook(poke)
+    with torch.no_grad():
+        changed3 = (G3(cond, noise) - G3(cond, noise)).abs().amax((0, 1, 3, 4)) > 1e-6
+    handle.remove()
+    assert changed3[1] and changed3[3]
