@@ -82,12 +82,10 @@ def conv3d(cin: int, cout: int, factorized: bool, temporal: bool = True) -> nn.M
     then 3 in time. The same receptive field from 9 + 3 taps instead of 27; the generator's
     full-resolution 3D convolutions are most of a CPU step (docs/quality.md has the timings).
     ``temporal=False``: the 3x3 in space alone, each frame on its own."""
-    space = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
-    if not temporal:
-        return space
-    if not factorized:
+    if temporal and not factorized:  # built only when used: an unused conv would move the init's RNG stream
         return nn.Conv3d(cin, cout, 3, padding=1)
-    return nn.Sequential(space, TimeConv(cout, cout))
+    space = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
+    return nn.Sequential(space, TimeConv(cout, cout)) if temporal else space
 
 
 class GBlock(nn.Module):
@@ -114,6 +112,14 @@ def split_cond(cond: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
     return cond[:, :parts[0]], cond[:, parts[0]:]
 
 
+def up_blocks(size: int) -> int:
+    """How many x2 up-blocks take G from 4x4 to ``size``."""
+    n_up = int(math.log2(size // 4))
+    if 4 * 2**n_up != size:
+        raise ValueError(f"size must be 4 * 2^k, got {size}")
+    return n_up
+
+
 class Generator(nn.Module):
     """``parts``: (template dims, object dims...) of the condition. Then the GRU, which makes
     the motion, sees only the template words, and the conditional BatchNorms, which make
@@ -130,9 +136,7 @@ class Generator(nn.Module):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         motion_dim, content_dim = (self.parts[0], sum(self.parts[1:])) if self.parts else (cond_dim, cond_dim)
-        n_up = int(math.log2(size // 4))
-        if 4 * 2**n_up != size:
-            raise ValueError(f"size must be 4 * 2^k, got {size}")
+        n_up = up_blocks(size)
         self.z_dim, self.frames = z_dim, frames
         widths = [ch * 2 ** min(3, n_up - i) for i in range(n_up + 1)]  # e.g. 8ch,4ch,2ch,ch
         y_dim = z_dim + content_dim

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import random
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from .errors import UserError
 from .evaluate import EvalConfig, evaluate_generator, write_heatmap
 from .files import atomic_write, write_json
 from .labels import fill
-from .models import Generator, ImageD, VideoD, build_generator, render
+from .models import Generator, ImageD, VideoD, build_generator, render, up_blocks
 from .prompts import clip_prompts, prompt_conditions
 from .tracking import Tracker, default_uri
 from .vocab import Vocab
@@ -272,7 +271,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
                         f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
     if cfg.size not in (32, 64, 128):
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
-    n_up = int(math.log2(cfg.size // 4))  # G's up-blocks
+    n_up = up_blocks(cfg.size)
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
                         f"not {cfg.g_frame_blocks}")
