@@ -27,13 +27,25 @@ def temp_path(final: Path) -> Path:
 
 
 def alive(pid: int) -> bool:
+    """True if ``pid`` runs on this host. A zombie does not: a writer SIGKILLed as an orphan
+    stays one for good where PID 1 never reaps (many containers), and kill(pid, 0) succeeds
+    on it, so its temporaries and locks would never be called stale."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, someone else's
-    return True
+        pass  # exists, someone else's
+    return _state(pid) not in ("Z", "X")
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, Z, ...), or "" where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[0]  # the name in parentheses may hold spaces
 
 
 def owner_gone(tmp: Path) -> bool:

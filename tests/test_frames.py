@@ -135,6 +135,28 @@ def test_stale_temp_file_and_killed_task(toy, tmp_path, done):
             assert np.array_equal(a["videos"][:], b["videos"][:])
 
 
+def test_a_zombie_writer_counts_as_gone(tmp_path):
+    # CI's container never reaps orphans: a SIGKILLed writer stays a zombie, and kill(pid, 0)
+    # succeeds on a zombie. Its temporary must still be stale, or a rerun leaves it behind.
+    import socket
+    from pipeline.files import owner_gone
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["sleep", "30"])
+    try:
+        os.kill(dead.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while open(f"/proc/{dead.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+            assert time.time() < deadline, "the killed child never became a zombie"
+            time.sleep(0.02)
+        host = socket.gethostname()
+        assert owner_gone(tmp_path / f".shard-00000.h5.tmp-{host}-{dead.pid}")
+        assert not owner_gone(tmp_path / f".shard-00000.h5.tmp-{host}-{live.pid}")
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
+
+
 def test_template_filter_and_config_mismatch(toy, tmp_path):
     out = tmp_path / "out"
     frames(toy, out, "--templates", TEMPLATES["ltr"], TEMPLATES["up"], "--shard-size", "50")
