@@ -139,13 +139,13 @@ def test_a_zombie_writer_counts_as_gone(tmp_path):
     # CI's container never reaps orphans: a SIGKILLed writer stays a zombie, and kill(pid, 0)
     # succeeds on a zombie. Its temporary must still be stale, or a rerun leaves it behind.
     import socket
-    from pipeline.files import owner_gone
+    from pipeline.files import _state, owner_gone
     live = subprocess.Popen(["sleep", "30"])
     dead = subprocess.Popen(["sleep", "30"])
     try:
         os.kill(dead.pid, signal.SIGKILL)
         deadline = time.time() + 10
-        while open(f"/proc/{dead.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+        while _state(dead.pid) != "Z":  # the helper alive() reads
             assert time.time() < deadline, "the killed child never became a zombie"
             time.sleep(0.02)
         host = socket.gethostname()
