@@ -4,7 +4,7 @@ Reads a demo's output (its `frames/` and `vocab/`, e.g. after `t2v demo --out D 
 builds the `debug_cpu` preset with any `--set` overrides, times a few steps after warm-up and
 prints the profiler's top operators (by self CPU time; `--shapes` groups them by input shape).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/profile_step.py demo-output --set g_ch=12
+    OMP_NUM_THREADS=1 .venv/bin/python bench/profile_step.py demo-output --set g_ch=8   # against the preset's 12
 """
 
 from __future__ import annotations
