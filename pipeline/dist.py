@@ -17,6 +17,7 @@ import os
 import re
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import submitit
 import torch
@@ -165,6 +166,19 @@ def init(device: str = "auto") -> Env:
                                  rank=spec["rank"], world_size=spec["world"])
     _ENV = Env(spec["rank"], spec["world"], spec["local_rank"], device)
     return _ENV
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 autocast pays here: on CUDA, or on a CPU with bf16 in hardware (AMX or
+    AVX512-BF16; a 2-core Sapphire Rapids step is 1.39x faster, docs/quality.md, session 16).
+    Elsewhere oneDNN emulates bf16, slower than fp32, so the run stays fp32."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell, so fp32
+        return False
+    return re.search(r"\b(amx_bf16|avx512_bf16)\b", flags) is not None
 
 
 def preempt_signal() -> signal.Signals:

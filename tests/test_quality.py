@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import t2v
+from pipeline import dist
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
 from pipeline.models import VideoD
@@ -113,6 +114,20 @@ def test_the_video_ds_negatives_swap_only_the_template_with_either_lever(lever, 
     assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
     mism = scored[1]  # D's scores: real, mismatched real, fake
     assert torch.equal(mism[:, 4:], cond[:, 4:]) and (~(mism[:, :4] == cond[:, :4]).all(1)).all()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_draws_in_bf16_only_where_the_hardware_has_it(native, tmp_path, monkeypatch):
+    """On a CPU without bf16 in hardware, autocast would emulate it, slower than fp32."""
+    monkeypatch.setattr(dist, "native_bf16", lambda device: native)
+    gan, cond = tiny_gan(tmp_path, amp=True)
+    assert gan.bf16 is native
+    dtypes, g_forward = [], gan.G_train
+    gan.G_train = lambda c, z: dtypes.append(g_forward(c, z)) or dtypes[-1]
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    assert {x.dtype for x in dtypes} == {torch.bfloat16 if native else torch.float32}
+    assert all(p.dtype == torch.float32 for p in gan.G.parameters())  # weights and Adam stay fp32
 
 
 def one_hot_captions(rows, sizes) -> torch.Tensor:
