@@ -170,7 +170,7 @@ def init(device: str = "auto") -> Env:
 
 def native_bf16(device: str) -> bool:
     """Whether bf16 autocast pays here: on CUDA, or on a CPU with bf16 in hardware (AMX or
-    AVX512-BF16; a 2-core Sapphire Rapids step is 1.39x faster, docs/quality.md, session 16).
+    AVX512-BF16; a 2-core AMX machine's step is 1.39x faster, docs/quality.md, session 16).
     Elsewhere oneDNN emulates bf16, slower than fp32, so the run stays fp32."""
     if device.startswith("cuda"):
         return True

@@ -253,11 +253,21 @@ class ImageD(nn.Module):
 
 class VideoD(nn.Module):
     """Scores whole clips; with ``parts`` (motion only) it judges them against the template
-    words alone, and the object is left to the image D, which sees it in every frame."""
+    words alone, and the object is left to the image D, which sees it in every frame.
 
-    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False, parts=None):
+    ``view`` > 1: it sees each frame as view x view pixel averages (box-filtered, then
+    blown back up, so the body is the same). Motion and colour survive; a digit's glyph does
+    not. A real clip never shows a held-out pair, so a video D that can read the glyph learns
+    "digit four never moves up" and G then draws another digit there (docs/quality.md,
+    session 17); the glyph is left to the image D, which judges it in single frames."""
+
+    def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False, parts=None,
+                 view: int = 1):
         super().__init__()
         self.parts = tuple(parts) if parts else None
+        if view < 1 or size % view:
+            raise ValueError(f"view must divide the size {size}, got {view}")
+        self.view = view
         if self.parts:
             cond_dim = self.parts[0]
         self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True, pool_first=pool_first), DBlock(ch, 2 * ch, 3))  # T/4, H/4
@@ -268,6 +278,9 @@ class VideoD(nn.Module):
         self.head = Projection(widths[-1], cond_dim)
 
     def features(self, video):
+        if self.view > 1:
+            k = (1, self.view, self.view)
+            video = F.interpolate(F.avg_pool3d(video, k), scale_factor=k, mode="nearest")
         h = self.b3(video)  # B,2ch,T/4,H/4,W/4
         h = self.convgru(h)[:, :, -1]  # last state: B,2ch,H/4,W/4
         return F.relu(self.b2(h)).sum((2, 3))

@@ -90,6 +90,9 @@ class TrainConfig:
     # ("digit four" on a digit seven moving up), which D then only ever sees as a negative.
     # With d_vid_cond=motion it is always the template.
     vid_mismatch: Literal["any", "template"] = "any"
+    # >1: the video D sees each frame as NxN-pixel averages (models.VideoD): the motion and the
+    # colours, not a digit's glyph, which is the image D's to judge.
+    d_vid_view: int = 1
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
@@ -253,7 +256,8 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     """Everything that can be wrong before a job starts (and before anything is written to the
     run dir, so a refused run leaves nothing behind); returns what the plan prints."""
     for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints", "frames",
-              "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples"):
+              "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples",
+              "d_vid_view"):
         if getattr(cfg, k) < 1:
             raise UserError(f"{k} must be >= 1, not {getattr(cfg, k)}")
     for k in ("lr_g", "lr_d"):
@@ -275,6 +279,8 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
                         f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
     if cfg.size not in (32, 64, 128):
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
+    if cfg.size % cfg.d_vid_view:
+        raise UserError(f"d_vid_view must divide size {cfg.size}, not {cfg.d_vid_view}")
     n_up = up_blocks(cfg.size)
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
@@ -463,7 +469,7 @@ class GAN:
         self.G_ema = generator(cfg, cond_dim, cond_parts).to(device).eval()
         self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first,
-                            cond_parts if cfg.d_vid_cond == "motion" else None).to(device)
+                            cond_parts if cfg.d_vid_cond == "motion" else None, cfg.d_vid_view).to(device)
         # A video D that sees no object words can only be shown a wrong template.
         self.vid_template_only = self.D_vid.parts is not None or cfg.vid_mismatch == "template"
         self.G_ema.load_state_dict(self.G.state_dict())

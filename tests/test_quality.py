@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import t2v
 from pipeline import dist
@@ -122,11 +123,11 @@ def test_amp_draws_in_bf16_only_where_the_hardware_has_it(native, tmp_path, monk
     monkeypatch.setattr(dist, "native_bf16", lambda device: native)
     gan, cond = tiny_gan(tmp_path, amp=True)
     assert gan.bf16 is native
-    dtypes, g_forward = [], gan.G_train
-    gan.G_train = lambda c, z: dtypes.append(g_forward(c, z)) or dtypes[-1]
+    drawn, g_forward = [], gan.G_train
+    gan.G_train = lambda c, z: drawn.append(g_forward(c, z)) or drawn[-1]
     out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
     assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
-    assert {x.dtype for x in dtypes} == {torch.bfloat16 if native else torch.float32}
+    assert {x.dtype for x in drawn} == {torch.bfloat16 if native else torch.float32}
     assert all(p.dtype == torch.float32 for p in gan.G.parameters())  # weights and Adam stay fp32
 
 
@@ -215,3 +216,18 @@ def test_recompose_g_swaps_a_colour_only_where_the_batch_shows_it_with_a_shared_
         assert torch.equal(out[2, 5:], mod[0])  # blue plank -> red plank (red ~ blue via square)
         assert torch.equal(out[0, 5:], mod[1]) and torch.equal(out[1, 5:], mod[0])
         assert torch.equal(out[3, 5:], mod[2])  # digit four keeps "digit"
+
+
+def test_a_coarse_view_video_d_cannot_tell_two_glyphs_with_the_same_block_averages():
+    """d_vid_view=4: the video D sees 4x4-pixel averages, so two clips that differ only inside
+    those blocks (a glyph's strokes) get the same score, and a clip moved by a block does not."""
+    torch.manual_seed(0)
+    D = VideoD(6, ch=2, size=16, view=4).eval()
+    base = torch.rand(2, 3, 4, 16, 16) * 2 - 1
+    detail = torch.randn(2, 3, 4, 16, 16)
+    detail -= F.interpolate(F.avg_pool3d(detail, (1, 4, 4)), scale_factor=(1, 4, 4))  # zero mean in every block
+    cond = torch.randn(2, 6)
+    assert torch.allclose(D(base, cond), D(base + detail, cond), atol=1e-5)
+    assert not torch.allclose(D(base, cond), D(base.roll(4, -1), cond), atol=1e-3)
+    with pytest.raises(ValueError, match="view must divide"):
+        VideoD(6, ch=2, size=16, view=3)
