@@ -184,7 +184,9 @@ def build_config(data, vocab, run_dir, preset: str = "default", overrides=()) ->
         raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     cfg = TrainConfig(data=Path(data), vocab=Path(vocab), run_dir=Path(run_dir), preset=preset,
                       **PRESETS[preset]())
-    return override(cfg, list(overrides))
+    cfg = override(cfg, list(overrides))
+    check_values(cfg)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- data
@@ -252,9 +254,9 @@ def _shard_attrs(data: Path) -> dict:
         return json.loads(f.attrs["config"])
 
 
-def check(cfg: TrainConfig, world: int = 1) -> dict:
-    """Everything that can be wrong before a job starts (and before anything is written to the
-    run dir, so a refused run leaves nothing behind); returns what the plan prints."""
+def check_values(cfg: TrainConfig) -> None:
+    """What is wrong with a config on its own, without its data: ``build_config`` runs it, so a
+    bad ``--set`` costs one line before any work (``t2v demo`` makes its toy data after)."""
     for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints", "frames",
               "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples",
               "d_vid_view"):
@@ -269,14 +271,6 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb", "ema_rampup"):
         if not 0 <= getattr(cfg, k) < float("inf"):
             raise UserError(f"{k} must be >= 0, not {getattr(cfg, k)}")
-    if cfg.batch % world:
-        raise UserError(f"batch {cfg.batch} does not split evenly over {world} ranks")
-    if not (Path(cfg.data) / "manifest.csv").exists():
-        raise UserError(f"{cfg.data} is not a finished frames output (no manifest.csv)")
-    shard = _shard_attrs(cfg.data)
-    if (shard["frames"], shard["size"]) != (cfg.frames, cfg.size):
-        raise UserError(f"the shards in {cfg.data} hold {shard['frames']} frames of {shard['size']}px but the "
-                        f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
     if cfg.size not in (32, 64, 128):
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
     if cfg.size % cfg.d_vid_view:
@@ -285,6 +279,20 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
                         f"not {cfg.g_frame_blocks}")
+
+
+def check(cfg: TrainConfig, world: int = 1) -> dict:
+    """Everything that can be wrong before a job starts (and before anything is written to the
+    run dir, so a refused run leaves nothing behind); returns what the plan prints."""
+    check_values(cfg)
+    if cfg.batch % world:
+        raise UserError(f"batch {cfg.batch} does not split evenly over {world} ranks")
+    if not (Path(cfg.data) / "manifest.csv").exists():
+        raise UserError(f"{cfg.data} is not a finished frames output (no manifest.csv)")
+    shard = _shard_attrs(cfg.data)
+    if (shard["frames"], shard["size"]) != (cfg.frames, cfg.size):
+        raise UserError(f"the shards in {cfg.data} hold {shard['frames']} frames of {shard['size']}px but the "
+                        f"model is set to frames={cfg.frames}, size={cfg.size}; use --set frames=.. size=..")
     vocab = Vocab(cfg.vocab)
     data = TrainData(cfg.data, cfg.vocab)  # raises on ids without conditions
     if data.cond.shape[1] != vocab.cond_dim:

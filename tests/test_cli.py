@@ -22,6 +22,9 @@ def test_demo_runs_what_exists(tmp_path):
     # A bad --set is one line before any work; a good one reaches the run's frozen config.
     bad = t2v("demo", "--out", tmp_path / "demo", "--set", "d_vid_cond=both", check=False)
     assert bad.returncode == 2 and "d_vid_cond" in bad.stderr and not (tmp_path / "demo").exists()
+    for value, needle in (("d_vid_view=3", "d_vid_view must divide size 32"), ("g_ch=0", "g_ch must be >= 1")):
+        bad = t2v("demo", "--out", tmp_path / "demo", "--set", value, check=False)  # a bad value, not a bad type
+        assert bad.returncode == 2 and needle in bad.stderr and not (tmp_path / "demo").exists()
     r = t2v("demo", "--out", tmp_path / "demo", "--videos", "60", "--steps", "2", "--evaluator-steps", "20",
             "--min-clips", "1", "--set", "lr_g=0.0004")
     assert __import__("json").loads((tmp_path / "demo/run/config.json").read_text())["lr_g"] == 0.0004
