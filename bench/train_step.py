@@ -4,7 +4,8 @@ In one run, same batch, widths and data, it times:
   original   a straight notebook-style loop: eager float32, separate Adam per
              discriminator, each stepped on its own, D weights left trainable
              during the G step; the same losses and gradient penalty, and the
-             original's discriminators (full-resolution first blocks: no d_pool_first)
+             original's discriminators (full-resolution first blocks: no d_pool_first;
+             a video D on the full-resolution clip: no d_vid_pool)
   ours       pipeline.train.GAN.step, exactly what `t2v train` runs, and its
              channels_last / torch.compile variants
 and prints samples/s (real clips consumed per second) and the ratio to the
@@ -97,8 +98,8 @@ def main():
     clips_per_step = base.batch * base.d_steps
     results = {}
 
-    # The original's discriminators: no d_pool_first (a change of ours, on in debug_cpu).
-    gan = GAN(replace(base, d_pool_first=False), cdim, torch.device("cpu"))
+    # The original's discriminators: no d_pool_first, a full-resolution video D (changes of ours, on in debug_cpu).
+    gan = GAN(replace(base, d_pool_first=False, d_vid_pool=1), cdim, torch.device("cpu"))
     opts = (torch.optim.Adam(gan.G.parameters(), base.lr_g, betas=(base.beta1, base.beta2)),
             torch.optim.Adam(gan.D_img.parameters(), base.lr_d, betas=(base.beta1, base.beta2)),
             torch.optim.Adam(gan.D_vid.parameters(), base.lr_d, betas=(base.beta1, base.beta2)))

@@ -259,15 +259,24 @@ class VideoD(nn.Module):
     blown back up, so the body is the same). Motion and colour survive; a digit's glyph does
     not. A real clip never shows a held-out pair, so a video D that can read the glyph learns
     "digit four never moves up" and G then draws another digit there (docs/quality.md,
-    session 17); the glyph is left to the image D, which judges it in single frames."""
+    session 17); the glyph is left to the image D, which judges it in single frames.
+
+    ``pool`` > 1: the body itself runs on pool x pool averages (DVD-GAN's temporal D, arXiv
+    1907.06571, sees the clip 2x2 average-pooled; its spatial D alone sees full-resolution
+    frames). Like ``view`` it hides fine detail, and its 3D convs run at 1/pool^2 the positions."""
 
     def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, pool_first: bool = False, parts=None,
-                 view: int = 1):
+                 view: int = 1, pool: int = 1):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         if view < 1 or size % view:
             raise ValueError(f"view must divide the size {size}, got {view}")
-        self.view = view
+        if pool < 1 or size % pool or size // pool < 16:
+            raise ValueError(f"pool must divide the size {size} and leave at least 16 pixels, got {pool}")
+        if view > 1 and view % pool:
+            raise ValueError(f"view {view} must be a multiple of pool {pool}")
+        self.view, self.pool = view, pool
+        size //= pool
         if self.parts:
             cond_dim = self.parts[0]
         self.b3 = nn.Sequential(DBlock(3, ch, 3, first=True, pool_first=pool_first), DBlock(ch, 2 * ch, 3))  # T/4, H/4
@@ -278,8 +287,10 @@ class VideoD(nn.Module):
         self.head = Projection(widths[-1], cond_dim)
 
     def features(self, video):
-        if self.view > 1:
-            k = (1, self.view, self.view)
+        if self.pool > 1:
+            video = F.avg_pool3d(video, (1, self.pool, self.pool))
+        if self.view > self.pool:
+            k = (1, self.view // self.pool, self.view // self.pool)
             video = F.interpolate(F.avg_pool3d(video, k), scale_factor=k, mode="nearest")
         h = self.b3(video)  # B,2ch,T/4,H/4,W/4
         h = self.convgru(h)[:, :, -1]  # last state: B,2ch,H/4,W/4

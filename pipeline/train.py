@@ -93,6 +93,9 @@ class TrainConfig:
     # >1: the video D sees each frame as NxN-pixel averages (models.VideoD): the motion and the
     # colours, not a digit's glyph, which is the image D's to judge.
     d_vid_view: int = 1
+    # >1: the video D's body runs on the clip NxN average-pooled (DVD-GAN's temporal D sees it
+    # 2x2-pooled, arXiv 1907.06571): motion at low resolution, cheaper; detail is the image D's.
+    d_vid_pool: int = 1
     augment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"
     ema_beta: float = 0.999
     # >0: the EMA's half-life is at most this fraction of the steps so far (StyleGAN2-ADA's
@@ -149,10 +152,13 @@ def _debug_cpu() -> dict:
     # 1.000 / 0.732 / 0.866 / 0.884 / 0.902 / 0.955 on seeds 0-5 at 1400 steps (docs/quality.md, session 15).
     # amp: bf16 autocast where the CPU has it in hardware (AMX): 1.39x the steps per second on
     # 2 cores, held-out 0.884 on seed 1 at 1400 steps (0.732 in fp32; docs/quality.md, session 16).
+    # d_vid_pool=2: the video D runs on the 2x2-averaged clip (DVD-GAN's temporal D): the bench
+    # met every target on seeds 1 and 2 (worst held-out cell 0.625 / 0.750; seed 1 read 0.000
+    # before, docs/quality.md, sessions 15 and 18).
     return dict(batch=8, g_ch=12, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=5e-4, lr_d=5e-4, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True, g_conv="2+1d",
-                mismatch="hard", d_pool_first=True, fake_cond="recompose_g", amp=True)
+                mismatch="hard", d_pool_first=True, fake_cond="recompose_g", amp=True, d_vid_pool=2)
 
 
 def _paper() -> dict:
@@ -259,7 +265,7 @@ def check_values(cfg: TrainConfig) -> None:
     bad ``--set`` costs one line before any work (``t2v demo`` makes its toy data after)."""
     for k in ("batch", "max_steps", "d_steps", "checkpoint_every", "tick_every", "keep_checkpoints", "frames",
               "z_dim", "gru_dim", "g_ch", "d_ch", "img_frames", "gp_every", "clip_samples", "eval_samples",
-              "d_vid_view"):
+              "d_vid_view", "d_vid_pool"):
         if getattr(cfg, k) < 1:
             raise UserError(f"{k} must be >= 1, not {getattr(cfg, k)}")
     for k in ("lr_g", "lr_d"):
@@ -275,6 +281,10 @@ def check_values(cfg: TrainConfig) -> None:
         raise UserError(f"size must be 32, 64 or 128, got {cfg.size}")
     if cfg.size % cfg.d_vid_view:
         raise UserError(f"d_vid_view must divide size {cfg.size}, not {cfg.d_vid_view}")
+    if cfg.size % cfg.d_vid_pool or cfg.size // cfg.d_vid_pool < 16:
+        raise UserError(f"d_vid_pool must divide size {cfg.size} and leave at least 16 pixels, not {cfg.d_vid_pool}")
+    if cfg.d_vid_view > 1 and cfg.d_vid_view % cfg.d_vid_pool:
+        raise UserError(f"d_vid_view {cfg.d_vid_view} must be a multiple of d_vid_pool {cfg.d_vid_pool}")
     n_up = up_blocks(cfg.size)
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
@@ -477,7 +487,8 @@ class GAN:
         self.G_ema = generator(cfg, cond_dim, cond_parts).to(device).eval()
         self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first,
-                            cond_parts if cfg.d_vid_cond == "motion" else None, cfg.d_vid_view).to(device)
+                            cond_parts if cfg.d_vid_cond == "motion" else None, cfg.d_vid_view,
+                            cfg.d_vid_pool).to(device)
         # A video D that sees no object words can only be shown a wrong template.
         self.vid_template_only = self.D_vid.parts is not None or cfg.vid_mismatch == "template"
         self.G_ema.load_state_dict(self.G.state_dict())

@@ -22,7 +22,8 @@ def test_demo_runs_what_exists(tmp_path):
     # A bad --set is one line before any work; a good one reaches the run's frozen config.
     bad = t2v("demo", "--out", tmp_path / "demo", "--set", "d_vid_cond=both", check=False)
     assert bad.returncode == 2 and "d_vid_cond" in bad.stderr and not (tmp_path / "demo").exists()
-    for value, needle in (("d_vid_view=3", "d_vid_view must divide size 32"), ("g_ch=0", "g_ch must be >= 1")):
+    for value, needle in (("d_vid_view=3", "d_vid_view must divide size 32"), ("g_ch=0", "g_ch must be >= 1"),
+                          ("d_vid_pool=4", "leave at least 16 pixels")):
         bad = t2v("demo", "--out", tmp_path / "demo", "--set", value, check=False)  # a bad value, not a bad type
         assert bad.returncode == 2 and needle in bad.stderr and not (tmp_path / "demo").exists()
     r = t2v("demo", "--out", tmp_path / "demo", "--videos", "60", "--steps", "2", "--evaluator-steps", "20",

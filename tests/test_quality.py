@@ -231,3 +231,17 @@ def test_a_coarse_view_video_d_cannot_tell_two_glyphs_with_the_same_block_averag
     assert not torch.allclose(D(base, cond), D(base.roll(4, -1), cond), atol=1e-3)
     with pytest.raises(ValueError, match="view must divide"):
         VideoD(6, ch=2, size=16, view=3)
+
+
+def test_a_pooled_video_d_runs_on_the_averaged_clip_with_the_body_of_that_size():
+    """d_vid_pool=2 (DVD-GAN's temporal D): the body is built for and fed the 2x2-averaged clip,
+    so it scores a clip as the same-sized body scores its averages, at a quarter of the positions."""
+    torch.manual_seed(0)
+    pooled = VideoD(6, ch=2, size=32, pool=2).eval()
+    small = VideoD(6, ch=2, size=16).eval()
+    small.load_state_dict(pooled.state_dict())  # the same body: one weight set fits both
+    clip, cond = torch.rand(2, 3, 4, 32, 32) * 2 - 1, torch.randn(2, 6)
+    assert torch.allclose(pooled(clip, cond), small(F.avg_pool3d(clip, (1, 2, 2)), cond), atol=1e-6)
+    for bad in (dict(pool=3), dict(pool=4), dict(pool=2, view=3)):
+        with pytest.raises(ValueError):
+            VideoD(6, ch=2, size=32, **bad)
