@@ -67,6 +67,13 @@ def _parse(value: str, typ, key: str):
         raise UserError(f"--set {key}={value}: expected {getattr(typ, '__name__', typ)}") from None
 
 
+def set_value(v) -> str:
+    """A plain config value (``to_dict``'s) as ``--set`` spells it: what ``_parse`` reads back."""
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return str(v).lower() if isinstance(v, bool) or v is None else str(v)
+
+
 def override(cfg, pairs: list[str]):
     """Return a copy of ``cfg`` with ``key=value`` strings applied (typed)."""
     hints = typing.get_type_hints(type(cfg))

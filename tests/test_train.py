@@ -274,7 +274,8 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
         vocab, msg = tmp_path / "v", "have no condition"
     else:
         run_dir = prepared / "straight"
-        extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8)"
+        extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8); use a new --run-dir, " \
+            "or resume it with --set g_ch=4"
     run_dir = prepared / "straight" if case == "run_dir" else tmp_path / "run"
     r = t2v("train", "--data", data, "--vocab", vocab, "--run-dir", run_dir, "--preset", "debug_cpu",
             *sum((["--set", s] for s in TINY), []), *extra, check=False)
