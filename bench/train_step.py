@@ -98,7 +98,8 @@ def main():
     clips_per_step = base.batch * base.d_steps
     results = {}
 
-    # The original's discriminators: no d_pool_first, a full-resolution video D (changes of ours, on in debug_cpu).
+    # The original's discriminators: no d_pool_first, a video D on the full-resolution clip
+    # (changes of ours, on in debug_cpu).
     gan = GAN(replace(base, d_pool_first=False, d_vid_pool=1), cdim, torch.device("cpu"))
     opts = (torch.optim.Adam(gan.G.parameters(), base.lr_g, betas=(base.beta1, base.beta2)),
             torch.optim.Adam(gan.D_img.parameters(), base.lr_d, betas=(base.beta1, base.beta2)),

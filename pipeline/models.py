@@ -273,8 +273,6 @@ class VideoD(nn.Module):
             raise ValueError(f"view must divide the size {size}, got {view}")
         if pool < 1 or size % pool or size // pool < 16:
             raise ValueError(f"pool must divide the size {size} and leave at least 16 pixels, got {pool}")
-        if view > 1 and view % pool:
-            raise ValueError(f"view {view} must be a multiple of pool {pool}")
         self.view, self.pool = view, pool
         size //= pool
         if self.parts:
@@ -289,7 +287,7 @@ class VideoD(nn.Module):
     def features(self, video):
         if self.pool > 1:
             video = F.avg_pool3d(video, (1, self.pool, self.pool))
-        if self.view > self.pool:
+        if self.view > self.pool:  # view counts full-size pixels: view // pool of the pooled ones
             k = (1, self.view // self.pool, self.view // self.pool)
             video = F.interpolate(F.avg_pool3d(video, k), scale_factor=k, mode="nearest")
         h = self.b3(video)  # B,2ch,T/4,H/4,W/4

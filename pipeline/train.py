@@ -284,8 +284,6 @@ def check_values(cfg: TrainConfig) -> None:
         raise UserError(f"d_vid_view must divide size {cfg.size}, not {cfg.d_vid_view}")
     if cfg.size % cfg.d_vid_pool or cfg.size // cfg.d_vid_pool < 16:
         raise UserError(f"d_vid_pool must divide size {cfg.size} and leave at least 16 pixels, not {cfg.d_vid_pool}")
-    if cfg.d_vid_view > 1 and cfg.d_vid_view % cfg.d_vid_pool:
-        raise UserError(f"d_vid_view {cfg.d_vid_view} must be a multiple of d_vid_pool {cfg.d_vid_pool}")
     n_up = up_blocks(cfg.size)
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
