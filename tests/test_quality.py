@@ -241,7 +241,11 @@ def test_a_pooled_video_d_runs_on_the_averaged_clip_with_the_body_of_that_size()
     small = VideoD(6, ch=2, size=16).eval()
     small.load_state_dict(pooled.state_dict())  # the same body: one weight set fits both
     clip, cond = torch.rand(2, 3, 4, 32, 32) * 2 - 1, torch.randn(2, 6)
+    score = pooled(clip, cond)
+    assert torch.allclose(score, small(F.avg_pool3d(clip, (1, 2, 2)), cond), atol=1e-6)
+    pooled.view, small.view = 4, 2  # a view counts full-size pixels: 4 of them are 2 pooled ones
     assert torch.allclose(pooled(clip, cond), small(F.avg_pool3d(clip, (1, 2, 2)), cond), atol=1e-6)
+    assert not torch.allclose(pooled(clip, cond), score, atol=1e-4)
     for bad in (dict(pool=0), dict(pool=3), dict(pool=4)):  # 4 would leave 8 pixels
         with pytest.raises(ValueError):
             VideoD(6, ch=2, size=32, **bad)
