@@ -17,10 +17,10 @@ from jobs.executor import exception_line
 from jobs.slurm import sacct_rows, squeue_reason
 from jobs.submit import STAGES, load_spec
 from pipeline.checkpoints import newest_step
-from pipeline.config import to_dict
+from pipeline.config import set_value, to_dict
 from pipeline.errors import UserError
 from pipeline.tracking_server import read_server
-from pipeline.train import build_config
+from pipeline.train import build_config, saved_config
 
 SHOW_FAILED = 5  # failed tasks listed per stage; a 1000-task array that failed needs a few, not all
 FAILED = ("FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
@@ -75,7 +75,7 @@ def _print_jobs(jobs: list[str], log_dir: Path) -> None:
 
 def run_status(run_dir: Path) -> int:
     """A training run dir: progress from its checkpoints, its jobs from its logs."""
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = saved_config(run_dir)  # a key added since (d_vid_pool) is the resume command's too
     step = newest_step(run_dir)
     done = (run_dir / "generator.pt").exists() and step >= cfg["max_steps"]
     run_id = (run_dir / "mlflow_run_id").read_text().strip() if (run_dir / "mlflow_run_id").exists() else "-"
@@ -93,7 +93,7 @@ def run_status(run_dir: Path) -> int:
         return 0
     # The exact command: every key that differs from its preset, so the run dir accepts it.
     base = to_dict(build_config(cfg["data"], cfg["vocab"], cfg["run_dir"], cfg["preset"]))
-    sets = [f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in cfg.items()
+    sets = [f"--set {k}={set_value(v)}" for k, v in cfg.items()
             if k not in ("data", "vocab", "run_dir", "preset", "tracking_server") and base.get(k) != v]
     print(f"\nto resume it:\n  t2v train --data {cfg['data']} --vocab {cfg['vocab']} --run-dir {cfg['run_dir']} "
           f"--preset {cfg['preset']} {' '.join(sets)}".rstrip())

@@ -69,9 +69,7 @@ def _parse(value: str, typ, key: str):
 
 def set_value(v) -> str:
     """A plain config value (``to_dict``'s) as ``--set`` spells it: what ``_parse`` reads back."""
-    if isinstance(v, list):
-        return ",".join(map(str, v))
-    return str(v).lower() if isinstance(v, bool) or v is None else str(v)
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def override(cfg, pairs: list[str]):

@@ -290,6 +290,12 @@ def check_values(cfg: TrainConfig) -> None:
                         f"not {cfg.g_frame_blocks}")
 
 
+def saved_config(run_dir) -> dict:
+    """A run dir's config.json. A key it lacks was added to the code since: it had its default then."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    return {f.name: plain(f.default) for f in fields(TrainConfig) if f.default is not MISSING} | saved
+
+
 def check(cfg: TrainConfig, world: int = 1) -> dict:
     """Everything that can be wrong before a job starts (and before anything is written to the
     run dir, so a refused run leaves nothing behind); returns what the plan prints."""
@@ -310,13 +316,8 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if (len(data) // world) // (cfg.batch // world) == 0:
         raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "
                         "rank(s); lower --set batch")
-    saved = Path(cfg.run_dir) / "config.json"
-    if saved.exists() and checkpoint_paths(cfg.run_dir):  # with no checkpoint there is no run to keep
-        old = json.loads(saved.read_text())
-        new = to_dict(cfg)
-        # A key the saved config lacks was added to the code since: it had its default then.
-        defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-        old = {k: plain(defaults[k]) for k in new if k not in old and k in defaults} | old
+    if (Path(cfg.run_dir) / "config.json").exists() and checkpoint_paths(cfg.run_dir):  # no checkpoint: no run to keep
+        old, new = saved_config(cfg.run_dir), to_dict(cfg)
         keys = [k for k in new if k not in RUN_CONTROL and old.get(k) != new[k]]
         if keys:
             # A preset's default can change between versions (d_vid_pool, session 18): say how to

@@ -307,6 +307,24 @@ def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
     assert "training finished at step 5" in out.stdout
 
 
+def test_status_resumes_a_run_whose_config_predates_a_key(prepared):
+    """A config.json written before d_vid_pool existed (debug_cpu's 2 since session 18) is a
+    run with 1: status's resume command says so, and that command resumes it."""
+    import json
+    import shlex
+
+    run_dir = prepared / "old_status"
+    run(cfg(prepared, run_dir, 3, "d_vid_pool=1"))
+    c = json.loads((run_dir / "config.json").read_text())
+    del c["d_vid_pool"]
+    c["max_steps"] = 5
+    (run_dir / "config.json").write_text(json.dumps(c))
+    r = t2v("status", run_dir, check=False)
+    cmd = shlex.split(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 1 and cmd[0] == "t2v" and "d_vid_pool=1" in cmd, r.stdout
+    assert "training finished at step 5" in t2v(*cmd[1:]).stdout
+
+
 def test_resume_with_a_larger_max_steps_tags_the_change_and_big_files_become_tags(prepared):
     """mlflow#7046: a changed param can't be logged again, so it becomes a tag. mlflow#7564: a
     checkpoint above max_artifact_mb is recorded by path and hash, not uploaded."""
