@@ -11,7 +11,7 @@ from conftest import t2v
 from pipeline import dist
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.models import VideoD
+from pipeline.models import CBN3d, VideoD
 from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
@@ -249,3 +249,25 @@ def test_a_pooled_video_d_runs_on_the_averaged_clip_with_the_body_of_that_size()
     for bad in (dict(pool=0), dict(pool=3), dict(pool=4)):  # 4 would leave 8 pixels
         with pytest.raises(ValueError):
             VideoD(6, ch=2, size=32, **bad)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_channels_last_cbn_normalises_as_batchnorm_does(train):
+    """CBN3d's own path for float32 channels-last activations (faster on CPU) gives BatchNorm's
+    output, gradients and running statistics, in training and in eval mode."""
+    torch.manual_seed(0)
+    fast, ref = CBN3d(5, 7).train(train), CBN3d(5, 7).train(train)
+    ref.load_state_dict(fast.state_dict())
+    x = (torch.randn(3, 5, 4, 8, 8) * 2 + 1).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    y = torch.randn(3, 7)
+    x_ref = x.detach().contiguous().requires_grad_()  # contiguous: BatchNorm's own kernel
+    out_fast, out_ref = fast(x, y), ref(x_ref, y)
+    assert out_fast.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(out_fast, out_ref, atol=1e-5)
+    for a, b in zip(fast.state_dict().values(), ref.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)  # running stats and batch count too
+    w = torch.randn_like(out_ref)
+    g_fast = torch.autograd.grad((out_fast * w).sum(), [x, *fast.parameters()])
+    g_ref = torch.autograd.grad((out_ref * w).sum(), [x_ref, *ref.parameters()])
+    for a, b in zip(g_fast, g_ref):
+        assert torch.allclose(a, b, atol=1e-4)
