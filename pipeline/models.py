@@ -25,11 +25,17 @@ from torch.nn.utils.parametrizations import spectral_norm as SN
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(biased variance, mean) per channel of a channels-last (B,C,T,H,W) tensor, from its
     (positions, C) view: a column sum and the diagonal of a C x C Gram matrix, one BLAS
-    pass each. ``torch.var_mean`` over those dims took 3.8x as long there."""
+    pass each; ``torch.var_mean`` over those dims is several times slower there."""
     xs = x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])  # a view: channels are innermost
     n = xs.shape[0]
     mean = xs.sum(0) / n
     return ((xs.T @ xs).diagonal() / n - mean * mean).clamp_min(0), mean
+
+
+def cpu_channels_last(x: torch.Tensor) -> bool:
+    """A float32 CPU activation stored channels-last (what debug_cpu's convs give)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.is_contiguous() \
+        and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 class CBN3d(nn.Module):
@@ -41,15 +47,13 @@ class CBN3d(nn.Module):
 
     def forward(self, x, y):
         g, b = 1 + self.gain(y), self.bias(y)
-        if x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last_3d) \
-                or x.is_contiguous():
+        if not cpu_channels_last(x):
             return self.bn(x) * g[:, :, None, None, None] + b[:, :, None, None, None]
-        # CPU PyTorch's BatchNorm is slow on channels-last tensors with few channels: 2.2x
-        # the time (forward and backward) of contiguous ones at debug_cpu's 12 channels, and
-        # the generator's full-resolution BNs are the costliest ops of its step. The same
-        # normalisation as one per-sample affine x * scale + shift, with the statistics
-        # kept as BatchNorm keeps them (biased variance to normalise, unbiased for the
-        # running estimate), measured 1.6x faster there (docs/quality.md, session 19).
+        # CPU PyTorch's BatchNorm is slow on channels-last tensors of few channels, and the
+        # generator's full-resolution BNs were the costliest ops of a debug_cpu step. The same
+        # normalisation as one per-sample affine x * scale + shift, with the statistics kept
+        # as BatchNorm keeps them (biased variance to normalise, unbiased for the running
+        # estimate). `bench/cbn.py` times both; docs/quality.md, session 19, has the numbers.
         bn = self.bn
         if self.training:
             var, mean = channel_stats(x)
