@@ -69,8 +69,8 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     # 3000: toy seeds 0, 1, 2 and 5 met every target at 2400, but seed 4 kept a held-out
     # composition at 0.00 there (`green square` up drawn as a plank) and read every held-out
-    # cell right at step 3000 (docs/quality.md, session 19). Two seeds side by side at 3000
-    # steps: about 33 minutes of the 45 on 2 fp32 cores.
+    # cell right at step 3000 (docs/quality.md, session 19). Two seeds side by side took 26
+    # minutes at 2400 steps on 2 fp32 cores, so 3000 should take about 33 of the 45.
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "quality")
