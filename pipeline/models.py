@@ -53,7 +53,7 @@ class CBN3d(nn.Module):
         # generator's full-resolution BNs were the costliest ops of a debug_cpu step. The same
         # normalisation as one per-sample affine x * scale + shift, with the statistics kept
         # as BatchNorm keeps them (biased variance to normalise, unbiased for the running
-        # estimate). `bench/cbn.py` times both; docs/quality.md, session 19, has the numbers.
+        # estimate). `bench/cbn.py` times both; docs/benchmarks.md has the numbers.
         bn = self.bn
         if self.training:
             var, mean = channel_stats(x)
