@@ -17,7 +17,7 @@ from jobs.executor import exception_line
 from jobs.slurm import sacct_rows, squeue_reason
 from jobs.submit import STAGES, load_spec
 from pipeline.checkpoints import newest_step
-from pipeline.config import set_value, to_dict
+from pipeline.config import set_flags, to_dict
 from pipeline.errors import UserError
 from pipeline.tracking_server import read_server
 from pipeline.train import build_config, saved_config
@@ -93,10 +93,10 @@ def run_status(run_dir: Path) -> int:
         return 0
     # The exact command: every key that differs from its preset, so the run dir accepts it.
     base = to_dict(build_config(cfg["data"], cfg["vocab"], cfg["run_dir"], cfg["preset"]))
-    sets = [f"--set {k}={set_value(v)}" for k, v in cfg.items()
-            if k not in ("data", "vocab", "run_dir", "preset", "tracking_server") and base.get(k) != v]
+    sets = set_flags((k, v) for k, v in cfg.items()
+                     if k not in ("data", "vocab", "run_dir", "preset", "tracking_server") and base.get(k) != v)
     print(f"\nto resume it:\n  t2v train --data {cfg['data']} --vocab {cfg['vocab']} --run-dir {cfg['run_dir']} "
-          f"--preset {cfg['preset']} {' '.join(sets)}".rstrip())
+          f"--preset {cfg['preset']} {sets}".rstrip())
     return 1
 
 

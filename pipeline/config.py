@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -67,9 +68,11 @@ def _parse(value: str, typ, key: str):
         raise UserError(f"--set {key}={value}: expected {getattr(typ, '__name__', typ)}") from None
 
 
-def set_value(v) -> str:
-    """A plain config value (``to_dict``'s) as ``--set`` spells it: what ``_parse`` reads back."""
-    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+def set_flags(pairs) -> str:
+    """``--set key=value`` flags, shell-quoted, for (key, plain value) pairs (``to_dict``'s
+    values): what ``override`` reads back. Every printed resume command builds them here."""
+    spell = lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    return " ".join("--set " + shlex.quote(f"{k}={spell(v)}") for k, v in pairs)
 
 
 def override(cfg, pairs: list[str]):

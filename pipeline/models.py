@@ -47,13 +47,19 @@ class CBN3d(nn.Module):
 
     def forward(self, x, y):
         g, b = 1 + self.gain(y), self.bias(y)
-        if not cpu_channels_last(x):
-            return self.bn(x) * g[:, :, None, None, None] + b[:, :, None, None, None]
         # CPU PyTorch's BatchNorm is slow on channels-last tensors of few channels, and the
-        # generator's full-resolution BNs were the costliest ops of a debug_cpu step. The same
-        # normalisation as one per-sample affine x * scale + shift, with the statistics kept
-        # as BatchNorm keeps them (biased variance to normalise, unbiased for the running
-        # estimate). `bench/cbn.py` times both; docs/benchmarks.md has the numbers.
+        # generator's full-resolution BNs were the costliest ops of a debug_cpu step.
+        # `bench/cbn.py` times both paths; docs/benchmarks.md has the numbers.
+        return self.affine(x, g, b) if cpu_channels_last(x) else self.batchnorm(x, g, b)
+
+    def batchnorm(self, x, g, b):
+        """BatchNorm3d's kernel, then the per-sample gain g and bias b (B, C)."""
+        return self.bn(x) * g[:, :, None, None, None] + b[:, :, None, None, None]
+
+    def affine(self, x, g, b):
+        """The same normalisation as one per-sample affine x * scale + shift, with the
+        statistics kept as BatchNorm keeps them (biased variance to normalise, unbiased for
+        the running estimate)."""
         bn = self.bn
         if self.training:
             var, mean = channel_stats(x)

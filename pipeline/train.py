@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import json
 import random
-import shlex
 import signal
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from .augment import augment, parse
 from .checkpoints import FORMAT, checkpoint_paths, load_weights, newest_checkpoint, save_checkpoint
 from .clips import Block, labelled, to_uint8, write_both
 from .compare import sweep_compare
-from .config import override, plain, set_value, to_dict
+from .config import override, plain, set_flags, to_dict
 from .data import ShardDataset
 from .errors import UserError
 from .evaluate import EvalConfig, evaluate_generator, write_heatmap
@@ -323,7 +322,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
             # A preset's default can change between versions (d_vid_pool, session 18): say how to
             # resume the saved run as it was, not only how to start another.
             diff = ", ".join(f"{k}={old.get(k)!r} (now {new[k]!r})" for k in keys)
-            back = " ".join("--set " + shlex.quote(f"{k}={set_value(old.get(k))}") for k in keys)
+            back = set_flags((k, old.get(k)) for k in keys)
             raise UserError(f"{cfg.run_dir} holds a run with another config: {diff}; use a new --run-dir, "
                             f"or resume it with {back}")
     augment_policy(cfg.augment)
