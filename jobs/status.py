@@ -11,6 +11,7 @@ resubmits only what is missing.
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from jobs.executor import exception_line
@@ -95,8 +96,8 @@ def run_status(run_dir: Path) -> int:
     base = to_dict(build_config(cfg["data"], cfg["vocab"], cfg["run_dir"], cfg["preset"]))
     sets = set_flags((k, v) for k, v in cfg.items()
                      if k not in ("data", "vocab", "run_dir", "preset", "tracking_server") and base.get(k) != v)
-    print(f"\nto resume it:\n  t2v train --data {cfg['data']} --vocab {cfg['vocab']} --run-dir {cfg['run_dir']} "
-          f"--preset {cfg['preset']} {sets}".rstrip())
+    paths = " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(cfg[k]))}" for k in ("data", "vocab", "run_dir"))
+    print(f"\nto resume it:\n  t2v train {paths} --preset {cfg['preset']} {sets}".rstrip())
     return 1
 
 
@@ -170,5 +171,6 @@ def status(target) -> int:
     rest = [s for s in STAGES if s in spec["stages"]]
     rest = rest[rest.index(first_bad):]
     executor = latest.get(first_bad, {}).get("executor", "slurm")
-    print(f"\nto resubmit only what is missing:\n  t2v submit {spec_path} --executor {executor} --stages {','.join(rest)}")
+    print(f"\nto resubmit only what is missing:\n  t2v submit {shlex.quote(str(spec_path))} --executor {executor} "
+          f"--stages {','.join(rest)}")
     return 1

@@ -289,7 +289,7 @@ def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
     import json
     import shlex
 
-    run_dir = prepared / "status"
+    run_dir = prepared / "a status run"  # a space: the printed command must quote its paths
     run(cfg(prepared, run_dir, 3))
     out = t2v("status", run_dir).stdout
     assert "done, newest checkpoint step 3 of 3" in out
