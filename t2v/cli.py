@@ -210,7 +210,9 @@ def _result_commands(sub) -> None:
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", help="a step number or checkpoint path (default: newest)")
-    p.add_argument("--out", type=Path, required=True, help="FILE.gif, FILE.mp4, or a directory (both)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="FILE.gif, FILE.mp4, FILE.h5 (raw uint8 clips: datasets videos (P,n,T,H,W,3) and "
+                        "prompts), or a directory (GIF + MP4)")
 
     p = _command(sub, "evaluate", "Score a run: conditional accuracy, Frechet distance, diversity, with their ceilings.")
     p.add_argument("--run-dir", type=Path, required=True)
