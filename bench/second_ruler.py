@@ -36,7 +36,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.evaluate import _rows, load_clips, to_input  # noqa: E402
+from pipeline.evaluate import _rows, load_clips, predict, to_input  # noqa: E402
 from pipeline.labels import fill  # noqa: E402
 
 
@@ -56,13 +56,6 @@ class Plain3D(nn.Module):
     def forward(self, x):
         f = self.body(x).mean((2, 3, 4))
         return self.template(f), self.object(f)
-
-
-@torch.no_grad()
-def predict(model, x: torch.Tensor, batch: int = 64):
-    model.eval()
-    lt, lo = zip(*(model(x[i:i + batch]) for i in range(0, len(x), batch)))
-    return torch.cat(lt).argmax(1), torch.cat(lo).argmax(1)
 
 
 def fit(x, t, o, n_t: int, n_o: int, steps: int, seed: int) -> nn.Module:
