@@ -36,7 +36,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.evaluate import _rows, load_clips, predict, to_input  # noqa: E402
+from pipeline.evaluate import _rows, load_clips, predict, short_template, to_input  # noqa: E402
 from pipeline.labels import fill  # noqa: E402
 
 
@@ -104,6 +104,10 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=8, help="samples per cell (default 8)")
     ap.add_argument("--seed", type=int, default=7)
     a = ap.parse_args()
+    need = [a.demo / p for p in ("toy/toy_meta.json", "frames/manifest.csv", "frames-val/manifest.csv", "run")]
+    if missing := [str(p) for p in need if not p.exists()]:
+        print(f"{a.demo} is not a finished `t2v demo --out` directory: no {', '.join(missing)}", file=sys.stderr)
+        return 2
     meta = json.loads((a.demo / "toy" / "toy_meta.json").read_text())
     df = pd.concat([_rows(a.demo / d) for d in ("frames", "frames-val")], ignore_index=True).drop_duplicates("id")
     df = df.reset_index(drop=True)
@@ -127,7 +131,7 @@ def main() -> int:
     hit = ((pt == torch.tensor([templates.index(tm) for tm, _ in cells]).repeat_interleave(n))
            & (po == torch.tensor([objects.index(ob) for _, ob in cells]).repeat_interleave(n)))
     acc = hit.view(p, n).float().mean(1).tolist()
-    read = [f"{templates[i].split(' [')[0]} {objects[j]}" for i, j in zip(pt.tolist(), po.tolist())]
+    read = [f"{short_template(templates[i])}, {objects[j]}" for i, j in zip(pt.tolist(), po.tolist())]
     rows = pd.DataFrame({"template": [tm for tm, _ in cells], "object": [ob for _, ob in cells], "acc": acc,
                          "kind": [kind(ob, tm, meta) for tm, ob in cells]})
     held = rows[rows.kind.isin(["heldout_pair", "heldout_object"])]
@@ -138,7 +142,7 @@ def main() -> int:
     mark = rows.pivot(index="object", columns="template", values="kind")
     tag = {"seen": " ", "heldout_pair": "P", "heldout_object": "O", "unreachable": "U"}
     print("\nper cell (P held-out pair, O held-out object, U unreachable control):")
-    print(" " * 16 + "".join(f"{c.split(' [')[0][:14]:>16}" for c in grid.columns))
+    print(" " * 16 + "".join(f"{short_template(c)[:15]:>16}" for c in grid.columns))
     for ob in grid.index:
         print(f"{ob:<16}" + "".join(f"{grid.loc[ob, c]:>15.2f}{tag[mark.loc[ob, c]]}" for c in grid.columns))
     for i in held.index[held.acc < 0.5]:  # what a failing held-out cell was read as
@@ -149,7 +153,7 @@ def main() -> int:
     print(f"generated, {n} a cell: seen {report['cond_acc_seen']:.3f}, held-out {report['cond_acc_heldout']:.3f}, "
           f"worst held-out cell {report['min_cell_acc_heldout']:.3f}, "
           f"unreachable control {report['cond_acc_unreachable']:.3f}")
-    print(json.dumps({k: v for k, v in report.items()}))
+    print(json.dumps(report))
     return 0
 
 
