@@ -36,7 +36,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.evaluate import _rows, load_clips, predict, short_template, to_input  # noqa: E402
+from pipeline.evaluate import labelled_rows, load_clips, predict, short_template, to_input  # noqa: E402
 from pipeline.labels import fill  # noqa: E402
 
 
@@ -109,8 +109,8 @@ def main() -> int:
         print(f"{a.demo} is not a finished `t2v demo --out` directory: no {', '.join(missing)}", file=sys.stderr)
         return 2
     meta = json.loads((a.demo / "toy" / "toy_meta.json").read_text())
-    df = pd.concat([_rows(a.demo / d) for d in ("frames", "frames-val")], ignore_index=True).drop_duplicates("id")
-    df = df.reset_index(drop=True)
+    df = pd.concat([labelled_rows(a.demo / d) for d in ("frames", "frames-val")], ignore_index=True)
+    df = df.drop_duplicates("id").reset_index(drop=True)
     templates, objects = sorted(set(df["template"])), sorted(set(df["object"]))
     t = torch.tensor([templates.index(v) for v in df["template"]])
     o = torch.tensor([objects.index(v) for v in df["object"]])

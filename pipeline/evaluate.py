@@ -111,7 +111,8 @@ def _object(placeholders: str) -> str:
     return " ".join(json.loads(placeholders))
 
 
-def _rows(data: Path):
+def labelled_rows(data: Path):
+    """A frames output's manifest, each row with its object phrase and its data dir."""
     df = read_manifest(data)
     df["object"] = df["placeholders"].map(_object)
     df["data"] = str(data)
@@ -199,7 +200,7 @@ def _fit(x, t, o, tr, n_templates: int, n_objects: int, cfg: EvalConfig, progres
 
 def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     """The cached evaluator for cfg.data, trained here if the cache has none."""
-    df = __import__("pandas").concat([_rows(d) for d in cfg.data], ignore_index=True)
+    df = __import__("pandas").concat([labelled_rows(d) for d in cfg.data], ignore_index=True)
     df = df.drop_duplicates("id")
     counts = df["object"].value_counts()
     df = df[df["object"].isin(counts[counts >= cfg.min_clips].index)].reset_index(drop=True)
@@ -296,7 +297,7 @@ def prompts_for(train, ev: dict, data, max_prompts: int, seed: int):
     train_objects, train_templates = set(train["object"]), set(train["template"])
     ph = {}
     for d in data:  # this call's dirs: a cached evaluator may have been trained from another path
-        for _, r in _rows(Path(d)).iterrows():
+        for _, r in labelled_rows(Path(d)).iterrows():
             ph.setdefault(r["object"], json.loads(r["placeholders"]))
     for _, r in train.iterrows():
         ph.setdefault(r["object"], json.loads(r["placeholders"]))
@@ -327,7 +328,7 @@ def evaluate_generator(G, step: int, run_cfg: dict, vocab, cfg: EvalConfig, prog
     device = _device(cfg.device)
     ev = train_evaluator(cfg, progress)
     model = ev["model"].to(device)
-    train = _rows(Path(run_cfg["data"]))  # read once: prompts and the real clips both need it
+    train = labelled_rows(Path(run_cfg["data"]))  # read once: prompts and the real clips both need it
     seen, held, ph = prompts_for(train, ev, cfg.data, cfg.max_prompts, cfg.seed)
     if not seen:
         raise UserError("no prompt of the training data is known to the evaluator")
