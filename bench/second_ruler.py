@@ -36,7 +36,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.evaluate import labelled_rows, load_clips, predict, short_template, to_input  # noqa: E402
+from pipeline.evaluate import (accuracy, cell_table, labelled_rows, load_clips, predict,  # noqa: E402
+                               short_template, to_input)
 from pipeline.labels import fill  # noqa: E402
 
 
@@ -78,11 +79,12 @@ def fit(x, t, o, n_t: int, n_o: int, steps: int, seed: int) -> nn.Module:
 
 
 def kind(obj: str, template: str, meta: dict) -> str:
+    """A cell's kind from toy_meta.json, in `t2v evaluate`'s names (so its cell_table marks it)."""
     if obj in meta["unreachable"]:
         return "unreachable"
     if obj in meta["heldout_objects"]:
-        return "heldout_object"
-    return "heldout_pair" if [obj, template] in meta["heldout_pairs"] else "seen"
+        return "new_object"
+    return "new_pair" if [obj, template] in meta["heldout_pairs"] else "seen"
 
 
 def sampled(run_dir: Path, texts: list[str], n: int, seed: int) -> np.ndarray:
@@ -120,9 +122,7 @@ def main() -> int:
     print(f"second ruler: {len(tr)} real clips to train on, {len(val)} held back; "
           f"{len(templates)} templates x {len(objects)} objects")
     model = fit(x[tr], t[tr], o[tr], len(templates), len(objects), a.steps, a.seed)
-    pt, po = predict(model, x[val])
-    real = {"template": (pt == t[val]).float().mean().item(), "object": (po == o[val]).float().mean().item(),
-            "joint": ((pt == t[val]) & (po == o[val])).float().mean().item()}
+    real = accuracy(model, x[val], t[val], o[val])
     cells = [(tm, ob) for ob in objects for tm in templates]
     texts = [fill(tm, [ob]) for tm, ob in cells]
     clips = torch.from_numpy(sampled(a.demo / "run", texts, a.n, a.seed))  # P,n,T,H,W,3
@@ -132,22 +132,16 @@ def main() -> int:
            & (po == torch.tensor([objects.index(ob) for _, ob in cells]).repeat_interleave(n)))
     acc = hit.view(p, n).float().mean(1).tolist()
     read = [f"{short_template(templates[i])}, {objects[j]}" for i, j in zip(pt.tolist(), po.tolist())]
-    rows = pd.DataFrame({"template": [tm for tm, _ in cells], "object": [ob for _, ob in cells], "acc": acc,
-                         "kind": [kind(ob, tm, meta) for tm, ob in cells]})
-    held = rows[rows.kind.isin(["heldout_pair", "heldout_object"])]
-    report = {"real_acc": real, "cond_acc_seen": rows[rows.kind == "seen"].acc.mean(),
-              "cond_acc_heldout": held.acc.mean(), "min_cell_acc_heldout": held.acc.min(),
-              "cond_acc_unreachable": rows[rows.kind == "unreachable"].acc.mean()}
-    grid = rows.pivot(index="object", columns="template", values="acc")
-    mark = rows.pivot(index="object", columns="template", values="kind")
-    tag = {"seen": " ", "heldout_pair": "P", "heldout_object": "O", "unreachable": "U"}
-    print("\nper cell (P held-out pair, O held-out object, U unreachable control):")
-    print(" " * 16 + "".join(f"{short_template(c)[:15]:>16}" for c in grid.columns))
-    for ob in grid.index:
-        print(f"{ob:<16}" + "".join(f"{grid.loc[ob, c]:>15.2f}{tag[mark.loc[ob, c]]}" for c in grid.columns))
-    for i in held.index[held.acc < 0.5]:  # what a failing held-out cell was read as
-        got = pd.Series(read[i * n:(i + 1) * n]).value_counts()
-        print(f"  {texts[i]!r} read as: " + ", ".join(f"{k} ({v})" for k, v in got.items()))
+    rows = [{"template": tm, "object": ob, "acc": a_, "kind": kind(ob, tm, meta)} for (tm, ob), a_ in zip(cells, acc)]
+    mean = lambda ks: float(np.mean([r["acc"] for r in rows if r["kind"] in ks]))  # noqa: E731
+    held = [i for i, r in enumerate(rows) if r["kind"] in ("new_pair", "new_object")]
+    report = {"real_acc": real, "cond_acc_seen": mean(["seen"]), "cond_acc_heldout": mean(["new_pair", "new_object"]),
+              "min_cell_acc_heldout": min(rows[i]["acc"] for i in held), "cond_acc_unreachable": mean(["unreachable"])}
+    print("\nper cell:\n" + cell_table({"prompts": rows}))
+    for i in held:
+        if rows[i]["acc"] < 0.5:  # what a failing held-out cell was read as
+            got = pd.Series(read[i * n:(i + 1) * n]).value_counts()
+            print(f"  {texts[i]!r} read as: " + ", ".join(f"{k} ({v})" for k, v in got.items()))
     print(f"\nclassifier on held-back real clips: template {real['template']:.3f}, object {real['object']:.3f}, "
           f"joint {real['joint']:.3f} (the ceiling)")
     print(f"generated, {n} a cell: seen {report['cond_acc_seen']:.3f}, held-out {report['cond_acc_heldout']:.3f}, "

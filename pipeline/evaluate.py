@@ -147,7 +147,7 @@ def _data_hash(cfg: EvalConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def _accuracy(model, x, t, o, batch=128) -> dict:
+def accuracy(model, x, t, o, batch=128) -> dict:
     pt, po = predict(model, x, batch)
     return {"template": float((pt == t).float().mean()), "object": float((po == o).float().mean()),
             "joint": float(((pt == t) & (po == o)).float().mean())}
@@ -226,7 +226,7 @@ def train_evaluator(cfg: EvalConfig, progress: bool = True) -> dict:
     tr = (~val).nonzero().squeeze(1)
     model = _fit(x, t, o, tr, len(templates), len(objects), cfg, progress)
     model.eval()
-    acc = _accuracy(model, x[val], t[val], o[val]) if val.any() else None
+    acc = accuracy(model, x[val], t[val], o[val]) if val.any() else None
     state = {"model": model.state_dict(), "templates": templates, "objects": objects, "val_acc": acc,
              "n_train": int(len(tr)), "n_val": int(val.sum()), "data": [str(d) for d in cfg.data],
              "version": EVALUATOR_VERSION}
