@@ -14,6 +14,7 @@ projection of the condition.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -259,14 +260,41 @@ class Projection(nn.Module):
         return self.lin(phi).squeeze(1) + (self.embed(cond) * phi).sum(1)
 
 
+# The 48 colour scrambles of an RGB frame in [-1, 1]: a channel order times a sign per channel.
+SCRAMBLES = torch.tensor([[s * (c + 1) for c, s in zip(order, signs)]
+                          for order in itertools.permutations(range(3)) for signs in itertools.product((1, -1), repeat=3)])
+
+
+def scramble_colours(frames: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
+    """Each (N,3,H,W) frame with its channels reordered and negated (scramble ``which[i]``,
+    default at random): outlines, glyphs and contrast survive, which colour an object is does
+    not. The scrambles form a group, so over all of them a view can't tell one colour from another."""
+    if which is None:
+        which = torch.randint(len(SCRAMBLES), (frames.shape[0],), device=frames.device)
+    pick = SCRAMBLES.to(frames.device)[which]
+    chans = frames.gather(1, (pick.abs() - 1)[:, :, None, None].expand(-1, -1, *frames.shape[2:]))
+    return chans * pick.sign().to(frames.dtype)[:, :, None, None]
+
+
 class ImageD(nn.Module):
     """Scores single frames; with ``parts`` it judges them against the object words only (a
-    still frame can't show a direction)."""
+    still frame can't show a direction).
+
+    ``views="factor"`` (needs parts of (template, head word, modifiers)): each word block is
+    judged on a view that shows only its own attribute. The head word (the shape) is scored on
+    frames whose colours are scrambled (``scramble_colours``), the modifiers (the colour) on a
+    bag of pixel colours: 1x1 convs, then a max over positions, which keeps what colours a frame
+    shows and not the shape or size of where. The joint projection is a sum over blocks on one
+    feature vector, so where blue only ever came as a thin plank, "blue" also meant "thin" and
+    a held-out "blue square" was judged fake (docs/quality.md, session 20)."""
 
     def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, k: int = 4, parts=None,
-                 pool_first: bool = False):
+                 pool_first: bool = False, views: str = "joint"):
         super().__init__()
         self.parts = tuple(parts) if parts else None
+        if views == "factor" and (not self.parts or len(self.parts) != 3):
+            raise ValueError("views='factor' needs condition parts (template, head word, modifiers)")
+        self.factor = views == "factor"
         if self.parts:
             cond_dim = sum(self.parts[1:])
         n = int(math.log2(size // 4))
@@ -275,18 +303,32 @@ class ImageD(nn.Module):
         self.blocks = nn.Sequential(*[DBlock(widths[i], widths[i + 1], 2, down=i < n, first=i == 0,
                                              pool_first=pool_first)
                                       for i in range(n + 1)])
-        self.head = Projection(widths[-1], cond_dim)
+        self.width = widths[-1]
+        if self.factor:
+            self.colours = nn.Sequential(SN(nn.Conv2d(3, self.width, 1)), nn.ReLU(), SN(nn.Conv2d(self.width, self.width, 1)))
+            self.head = Projection(self.width, self.parts[1])
+            self.head_mod = Projection(self.width, self.parts[2])
+        else:
+            self.head = Projection(self.width, cond_dim)
 
     def features(self, video):
-        """(B*k, C): the pooled features of k random frames per clip."""
+        """(B*k, C): the pooled features of k random frames per clip ([shape; colour] when factored)."""
         b, c, t, h, w = video.shape
         idx = torch.randint(t, (b, self.k), device=video.device)  # k random frames per clip
         frames = video.transpose(1, 2)[torch.arange(b, device=video.device)[:, None], idx]  # B,k,C,H,W
-        return F.relu(self.blocks(frames.reshape(b * self.k, c, h, w))).sum((2, 3))
+        frames = frames.reshape(b * self.k, c, h, w)
+        if not self.factor:
+            return F.relu(self.blocks(frames)).sum((2, 3))
+        shape = F.relu(self.blocks(scramble_colours(frames))).sum((2, 3))
+        return torch.cat([shape, F.relu(self.colours(frames)).amax((2, 3))], 1)
 
     def score(self, phi, cond):
-        cond = split_cond(cond, self.parts)[1]
-        return self.head(phi, cond.repeat_interleave(self.k, 0)).view(-1, self.k)
+        cond = split_cond(cond, self.parts)[1].repeat_interleave(self.k, 0)
+        if not self.factor:
+            return self.head(phi, cond).view(-1, self.k)
+        head, mods = cond.split(self.parts[1:], 1)
+        shape, colour = phi.split(self.width, 1)
+        return (self.head(shape, head) + self.head_mod(colour, mods)).view(-1, self.k)
 
     def forward(self, video, cond):
         return self.score(self.features(video), cond)

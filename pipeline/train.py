@@ -111,6 +111,10 @@ class TrainConfig:
     g_conv: Literal["3d", "2+1d"] = "3d"  # the generator's up-block convolutions (2+1d: space, then time)
     g_frame_blocks: int = 0  # the last N up-blocks (and G's output conv) draw each frame on its own (models.Generator)
     img_frames: int = 4  # frames the image discriminator scores per clip
+    # "factor": the image D judges the object's head word (shape) on colour-scrambled frames and
+    # its modifiers (colour) on a bag of pixel colours, each part on a view of its own attribute
+    # only (models.ImageD; needs a `parts` vocab). "joint": both on one view (the original).
+    d_img_views: Literal["joint", "factor"] = "joint"
     d_pool_first: bool = False  # both Ds' first block pools between its convs (cheaper; models.DBlock)
     # Speed.
     amp: bool = False  # bf16 autocast where the hardware has bf16 (CUDA, AMX CPUs); fp32 elsewhere
@@ -312,6 +316,9 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if data.cond.shape[1] != vocab.cond_dim:
         raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, expected "
                         f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
+    if cfg.d_img_views == "factor" and (not vocab.parts or len(vocab.parts) != 3):
+        raise UserError(f"d_img_views=factor judges the object's head word and its modifiers apart: "
+                        f"build {cfg.vocab} with `t2v vocab --mode parts`")
     if (len(data) // world) // (cfg.batch // world) == 0:
         raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "
                         "rank(s); lower --set batch")
@@ -488,7 +495,8 @@ class GAN:
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.G = generator(cfg, cond_dim, cond_parts).to(device)
         self.G_ema = generator(cfg, cond_dim, cond_parts).to(device).eval()
-        self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first).to(device)
+        self.D_img = ImageD(cond_dim, cfg.d_ch, cfg.size, cfg.img_frames, cond_parts, cfg.d_pool_first,
+                            cfg.d_img_views).to(device)
         self.D_vid = VideoD(cond_dim, cfg.d_ch, cfg.size, cfg.d_pool_first,
                             cond_parts if cfg.d_vid_cond == "motion" else None, cfg.d_vid_view,
                             cfg.d_vid_pool).to(device)

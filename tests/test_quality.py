@@ -11,7 +11,7 @@ from conftest import t2v
 from pipeline import dist
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.models import CBN3d, VideoD
+from pipeline.models import SCRAMBLES, CBN3d, ImageD, VideoD, scramble_colours
 from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
@@ -249,6 +249,34 @@ def test_a_pooled_video_d_runs_on_the_averaged_clip_with_the_body_of_that_size()
     for bad in (dict(pool=0), dict(pool=3), dict(pool=4)):  # 4 would leave 8 pixels
         with pytest.raises(ValueError):
             VideoD(6, ch=2, size=32, **bad)
+
+
+def test_a_factored_image_d_judges_the_colour_word_on_colours_and_the_shape_word_without_them(tmp_path):
+    """d_img_views=factor: the modifier (colour) projection reads a bag of pixel colours, so a
+    frame's pixels moved anywhere score the same there; the head word (shape) projection reads
+    colour-scrambled frames, so over the scrambles an object's colour is invisible to it."""
+    torch.manual_seed(0)
+    D = ImageD(sum(PARTS), ch=2, size=16, k=1, parts=PARTS, views="factor").eval()
+    frame = torch.full((1, 3, 1, 16, 16), 0.1)
+    frame[..., 4:12, 2:14] = torch.tensor([-0.7, -0.5, 0.8])[:, None, None, None]  # a blue plank
+    shuffled = frame.flatten(3)[..., torch.randperm(256)].view_as(frame)  # the same pixels, no shape
+    cond = one_hot_captions([(0, 1, 2)], PARTS)
+    mods_only = lambda phi, c: D.head_mod(phi[:, D.width:], c[:, 7:])  # noqa: E731  the colour term
+    assert torch.allclose(mods_only(D.features(frame), cond), mods_only(D.features(shuffled), cond))
+    # Averaged over every scramble, the shape view of a frame is the view of the same frame in
+    # any other colours (a red one for the blue), and it still tells a plank from a square.
+    every = torch.arange(len(SCRAMBLES))
+    view = lambda f: D.blocks(scramble_colours(f[:, :, 0].expand(len(every), -1, -1, -1), every)).mean(0)  # noqa: E731
+    red = scramble_colours(frame[:, :, 0], torch.tensor([32]))[:, :, None]  # channels (B, R, G): a red plank
+    square = frame.clone()
+    square[..., 2:14, 2:14] = square[..., 4:12, 2:14].mean((3, 4), keepdim=True)
+    assert torch.allclose(view(frame), view(red), atol=1e-5)
+    assert not torch.allclose(view(frame), view(square), atol=1e-3)
+    gan, cond = tiny_gan(tmp_path, d_img_views="factor", fake_cond="recompose_g")
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs, GP included
+    assert np.isfinite([out["loss_D"], out["loss_G"], out["gp_img"]]).all() and out["gp_img"] > 0
+    with pytest.raises(ValueError, match="needs condition parts"):
+        ImageD(10, ch=2, size=16, views="factor")
 
 
 @pytest.mark.parametrize("train", [True, False])
