@@ -276,6 +276,15 @@ def scramble_colours(frames: torch.Tensor, which: torch.Tensor | None = None) ->
     return chans * pick.sign().to(frames.dtype)[:, :, None, None]
 
 
+def soft_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N,C,H,W) -> (N,C): each channel's softmax-weighted mean over positions. Like a max it
+    reads what a frame shows, not how much of it (positions that tie share the weight, so an
+    object's area does not count), but its gradient reaches every position near the top, not
+    only the argmax: a hard max taught G colours through a few pixels a frame."""
+    x = x.flatten(2)
+    return (x.softmax(-1) * x).sum(-1)
+
+
 class ImageD(nn.Module):
     """Scores single frames; with ``parts`` it judges them against the object words only (a
     still frame can't show a direction).
@@ -283,10 +292,11 @@ class ImageD(nn.Module):
     ``views="factor"`` (needs parts of (template, head word, modifiers)): each word block is
     judged on a view that shows only its own attribute. The head word (the shape) is scored on
     frames whose colours are scrambled (``scramble_colours``), the modifiers (the colour) on a
-    bag of pixel colours: 1x1 convs, then a max over positions, which keeps what colours a frame
-    shows and not the shape or size of where. The joint projection is a sum over blocks on one
-    feature vector, so where blue only ever came as a thin plank, "blue" also meant "thin" and
-    a held-out "blue square" was judged fake (docs/quality.md, session 20)."""
+    bag of pixel colours: 1x1 convs, then a soft max over positions (``soft_max_pool``), which
+    keeps what colours a frame shows and not the shape or size of where. The joint projection
+    is a sum over blocks on one feature vector, so where blue only ever came as a thin plank,
+    "blue" could also mean "thin", and a held-out "blue square" be judged fake (docs/quality.md,
+    session 20)."""
 
     def __init__(self, cond_dim: int, ch: int = 32, size: int = 32, k: int = 4, parts=None,
                  pool_first: bool = False, views: str = "joint"):
@@ -320,7 +330,7 @@ class ImageD(nn.Module):
         if not self.factor:
             return F.relu(self.blocks(frames)).sum((2, 3))
         shape = F.relu(self.blocks(scramble_colours(frames))).sum((2, 3))
-        return torch.cat([shape, F.relu(self.colours(frames)).amax((2, 3))], 1)
+        return torch.cat([shape, soft_max_pool(F.relu(self.colours(frames)))], 1)
 
     def score(self, phi, cond):
         cond = split_cond(cond, self.parts)[1].repeat_interleave(self.k, 0)
