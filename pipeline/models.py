@@ -261,8 +261,8 @@ class Projection(nn.Module):
 
 
 # The 48 colour scrambles of an RGB frame in [-1, 1]: a channel order times a sign per channel.
-SCRAMBLES = torch.tensor([[s * (c + 1) for c, s in zip(order, signs)]
-                          for order in itertools.permutations(range(3)) for signs in itertools.product((1, -1), repeat=3)])
+SCRAMBLES = torch.tensor([[s * (c + 1) for c, s in zip(order, signs)] for order in itertools.permutations(range(3))
+                          for signs in itertools.product((1, -1), repeat=3)])
 
 
 def scramble_colours(frames: torch.Tensor, which: torch.Tensor | None = None) -> torch.Tensor:
@@ -279,8 +279,8 @@ def scramble_colours(frames: torch.Tensor, which: torch.Tensor | None = None) ->
 def soft_max_pool(x: torch.Tensor) -> torch.Tensor:
     """(N,C,H,W) -> (N,C): each channel's softmax-weighted mean over positions. Like a max it
     reads what a frame shows, not how much of it (positions that tie share the weight, so an
-    object's area does not count), but its gradient reaches every position near the top, not
-    only the argmax: a hard max taught G colours through a few pixels a frame."""
+    object's area does not count), but its gradient reaches every position near the top, where
+    a hard max's reaches one pixel a channel."""
     x = x.flatten(2)
     return (x.softmax(-1) * x).sum(-1)
 
@@ -315,7 +315,8 @@ class ImageD(nn.Module):
                                       for i in range(n + 1)])
         self.width = widths[-1]
         if self.factor:
-            self.colours = nn.Sequential(SN(nn.Conv2d(3, self.width, 1)), nn.ReLU(), SN(nn.Conv2d(self.width, self.width, 1)))
+            self.colours = nn.Sequential(SN(nn.Conv2d(3, self.width, 1)), nn.ReLU(),
+                                         SN(nn.Conv2d(self.width, self.width, 1)))
             self.head = Projection(self.width, self.parts[1])
             self.head_mod = Projection(self.width, self.parts[2])
         else:
