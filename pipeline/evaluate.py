@@ -163,7 +163,8 @@ def predict(model, x: torch.Tensor, batch=128):
 @torch.no_grad()
 def features(model, x: torch.Tensor, batch=128) -> np.ndarray:
     model.eval()
-    return torch.cat([model.features(x[i:i + batch]) for i in range(0, len(x), batch)]).double().numpy()
+    f = torch.cat([model.features(x[i:i + batch]) for i in range(0, len(x), batch)])
+    return f.double().cpu().numpy()  # on CUDA too: .numpy() of a GPU tensor raises
 
 
 def _fit(x, t, o, tr, n_templates: int, n_objects: int, cfg: EvalConfig, progress: bool) -> nn.Module:

@@ -231,3 +231,15 @@ def test_a_checkpoint_of_another_model_version_is_one_clear_line(trained, prepar
             "--preset", "debug_cpu", "--max-steps", "6", *sets, "--tracking-uri", cfg["tracking_uri"], check=False)
     assert r.returncode == 2 and "another model version" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert ckpt.exists() and not (old / "checkpoints" / "step-00000006.pt").exists()  # nothing lost or written
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here")])])
+def test_evaluator_features_come_back_as_numpy_from_any_device(device):
+    # The Frechet distance and the diversity take NumPy: on CUDA, `.numpy()` of the features raised,
+    # so every in-training evaluation on a GPU failed (found on session 22's GPU machine).
+    from pipeline.evaluate import Evaluator, features
+
+    model = Evaluator(3, 4).to(device)
+    f = features(model, torch.zeros(2, 3, 16, 32, 32, device=device))
+    assert isinstance(f, np.ndarray) and f.shape[0] == 2 and f.dtype == np.float64
