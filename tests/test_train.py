@@ -242,7 +242,7 @@ def test_mlflow_run_is_complete_and_resume_logs_into_it(prepared, mlflow_server)
     assert (run_dir / "mlflow_run_id").read_text().strip() == run_id
     c = MlflowClient(mlflow_server)
     r = c.get_run(run_id)
-    assert r.data.params["lr_g"] == "0.0005" and r.data.params["batch"] == "4" and r.data.params["loss"] == "hinge"
+    assert r.data.params["lr_g"] == "0.002" and r.data.params["batch"] == "4" and r.data.params["loss"] == "hinge"
     assert r.data.tags["world_size"] == "1" and r.data.tags["git_commit"]
     assert r.info.status == "FINISHED"
     for key in ("loss_G", "loss_D", "gp_img", "gp_vid", "d_real", "d_fake", "samples_per_s", "data_wait_share"):
