@@ -171,10 +171,17 @@ class Generator(nn.Module):
     (space-only convs). Motion is then set at the coarse scales alone, and an object's fine
     detail is drawn the same way whatever its direction: in the 3D blocks a time conv sees a
     moving pattern shifted one way or the other, so a direction never trained with an object
-    was a new input there (docs/quality.md, session 13)."""
+    was a new input there (docs/quality.md, session 13).
+
+    ``mod_blocks`` >= 0 (needs parts of (template, head word, modifiers)): the modifier words
+    (the colour of "red square") reach only the last N up-blocks and the output BatchNorm; the
+    blocks before see the head word (the shape) alone. The layers that lay out the object can
+    then not tie its outline to its colour, so a colour seen only on planks and pillars still
+    paints a square's outline. -1: every block sees every object word (the original)."""
 
     def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
-                 gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0):
+                 gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0,
+                 mod_blocks: int = -1):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         motion_dim, content_dim = (self.parts[0], sum(self.parts[1:])) if self.parts else (cond_dim, cond_dim)
@@ -186,6 +193,11 @@ class Generator(nn.Module):
         self.fc = nn.Linear(gru_dim, widths[0] * 16)
         if not 0 <= frame_blocks <= n_up:
             raise ValueError(f"frame_blocks must be 0..{n_up}, got {frame_blocks}")
+        if not -1 <= mod_blocks <= n_up:
+            raise ValueError(f"mod_blocks must be -1..{n_up}, got {mod_blocks}")
+        if mod_blocks >= 0 and (not self.parts or len(self.parts) != 3):
+            raise ValueError("mod_blocks needs condition parts (template, head word, modifiers)")
+        self.first_mod_block = 0 if mod_blocks < 0 else n_up - mod_blocks
         self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], y_dim, factorized, i < n_up - frame_blocks)
                                     for i in range(n_up))
         mid = n_up // 2  # the ConvGRU sits after the middle block
@@ -206,18 +218,28 @@ class Generator(nn.Module):
         h, _ = self.gru(torch.cat([noise, motion[:, None].expand(b, t, -1)], -1))  # B,T,G
         x = self.fc(h).view(b, t, self.widths[0], 4, 4).transpose(1, 2)  # B,C,T,4,4
         y = torch.cat([noise[:, 0], content], -1)  # what the CBN gains and biases see
+        y_head = self.without_mods(y)
         for i, block in enumerate(self.blocks):
             if i == self.mid:
                 x = x + self.convgru(x)
-            x = block(x, y)
+            x = block(x, y if i >= self.first_mod_block else y_head)
         return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
+
+
+    def without_mods(self, y: torch.Tensor) -> torch.Tensor:
+        """y with the modifier words' block zeroed (the whitened mean: no colour in particular)."""
+        if self.first_mod_block == 0:
+            return y
+        mods = self.parts[2]
+        return torch.cat([y[:, :-mods], y.new_zeros(y.shape[0], mods)], 1)
 
 
 def build_generator(cfg, cond_dim: int, parts) -> Generator:
     """G from a run's config: a TrainConfig's fields as a dict (a checkpoint's "config").
     Older checkpoints lack the newer keys; their defaults are what those runs had."""
     return Generator(cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"], parts,
-                     cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0))
+                     cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0),
+                     cfg.get("g_mod_blocks", -1))
 
 
 class DBlock(nn.Module):

@@ -110,6 +110,10 @@ class TrainConfig:
     d_ch: int = 32
     g_conv: Literal["3d", "2+1d"] = "3d"  # the generator's up-block convolutions (2+1d: space, then time)
     g_frame_blocks: int = 0  # the last N up-blocks (and G's output conv) draw each frame on its own (models.Generator)
+    # >=0: the object's modifier words (its colour) reach only G's last N up-blocks and output
+    # BatchNorm; the blocks before lay out the shape from the head word alone (models.Generator;
+    # needs a `parts` vocab). -1: every block sees every word (the original).
+    g_mod_blocks: int = -1
     img_frames: int = 4  # frames the image discriminator scores per clip
     # "factor": the image D judges the object's head word (shape) on colour-scrambled frames and
     # its modifiers (colour) on a bag of pixel colours, each part on a view of its own attribute
@@ -293,6 +297,9 @@ def check_values(cfg: TrainConfig) -> None:
     if not 0 <= cfg.g_frame_blocks <= n_up:
         raise UserError(f"g_frame_blocks must be 0..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
                         f"not {cfg.g_frame_blocks}")
+    if not -1 <= cfg.g_mod_blocks <= n_up:
+        raise UserError(f"g_mod_blocks must be -1..{n_up} (G has {n_up} up-blocks at size {cfg.size}), "
+                        f"not {cfg.g_mod_blocks}")
 
 
 def saved_config(run_dir) -> dict:
@@ -318,8 +325,11 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if data.cond.shape[1] != vocab.cond_dim:
         raise UserError(f"{cfg.vocab}/samples.h5 conditions have dim {data.cond.shape[1]}, expected "
                         f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
-    if cfg.d_img_views == "factor" and (not vocab.parts or len(vocab.parts) != 3):
-        raise UserError(f"d_img_views=factor judges the object's head word and its modifiers apart: "
+    # Levers that treat the object's head word (its shape) and its modifiers (its colour) apart.
+    lever = ("d_img_views=factor" if cfg.d_img_views == "factor"
+             else f"g_mod_blocks={cfg.g_mod_blocks}" if cfg.g_mod_blocks >= 0 else None)
+    if lever and (not vocab.parts or len(vocab.parts) != 3):
+        raise UserError(f"{lever} treats the object's head word and its modifiers apart: "
                         f"build {cfg.vocab} with `t2v vocab --mode parts`")
     if (len(data) // world) // (cfg.batch // world) == 0:
         raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "

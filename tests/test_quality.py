@@ -11,7 +11,7 @@ from conftest import t2v
 from pipeline import dist
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.models import SCRAMBLES, CBN3d, ImageD, VideoD, scramble_colours
+from pipeline.models import SCRAMBLES, CBN3d, Generator, ImageD, VideoD, scramble_colours
 from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
@@ -277,6 +277,30 @@ def test_a_factored_image_d_judges_the_colour_word_on_colours_and_the_shape_word
     assert np.isfinite([out["loss_D"], out["loss_G"], out["gp_img"]]).all() and out["gp_img"] > 0
     with pytest.raises(ValueError, match="needs condition parts"):
         ImageD(10, ch=2, size=16, views="factor")
+
+
+def test_with_g_mod_blocks_the_colour_reaches_only_gs_last_layers(tmp_path):
+    """g_mod_blocks=N: what G's earlier up-blocks lay out depends on the head word (the shape)
+    and not on the modifier (the colour); the last N blocks and the output are coloured by it."""
+    torch.manual_seed(0)
+    G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
+                  mod_blocks=1).eval()
+    seen = {}
+    for i, block in enumerate(G.blocks):
+        block.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, out))
+    noise = G.noise(1, "cpu")
+    draw = lambda row: (G(one_hot_captions([row], PARTS), noise), dict(seen))  # noqa: E731
+    red, red_blocks = draw((0, 1, 0))
+    blue, blue_blocks = draw((0, 1, 2))  # the same shape in another colour
+    pillar, pillar_blocks = draw((0, 2, 0))  # the same colour, another shape
+    assert torch.equal(red_blocks[0], blue_blocks[0])  # block 0 of 2: the colour has not reached it
+    assert not torch.allclose(red_blocks[1], blue_blocks[1]) and not torch.allclose(red, blue)
+    assert not torch.allclose(red_blocks[0], pillar_blocks[0])  # the shape word reaches every block
+    gan, cond = tiny_gan(tmp_path, g_mod_blocks=0, fake_cond="recompose_g")
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    with pytest.raises(ValueError, match="needs condition parts"):
+        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, mod_blocks=0)
 
 
 @pytest.mark.parametrize("train", [True, False])

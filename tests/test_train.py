@@ -260,7 +260,8 @@ def test_training_carries_on_when_mlflow_is_down(prepared):
     assert "MLflow unavailable" in log and load_latest(prepared / "offline")["step"] == 3
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", "factor_views", "run_dir"])
+@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", "factor_views", "mod_blocks",
+                                  "run_dir"])
 def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path, case):
     extra, data, vocab = [], prepared / "frames", prepared / "vocab"
     if case == "unknown_key":
@@ -274,6 +275,8 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
         vocab, msg = tmp_path / "v", "have no condition"
     elif case == "factor_views":  # the fixture's vocab is object mode: no head word / modifier split
         extra, msg = ["--set", "d_img_views=factor"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
+    elif case == "mod_blocks":  # the same vocab: G can't send a colour to some blocks only
+        extra, msg = ["--set", "g_mod_blocks=0"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
     else:
         run_dir = prepared / "straight"
         extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8); use a new --run-dir, " \
