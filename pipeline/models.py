@@ -175,9 +175,9 @@ class Generator(nn.Module):
 
     ``mod_blocks`` >= 0 (needs parts of (template, head word, modifiers)): the modifier words
     (the colour of "red square") reach only the last N up-blocks and the output BatchNorm; the
-    blocks before see the head word (the shape) alone. The layers that lay out the object can
-    then not tie its outline to its colour, so a colour seen only on planks and pillars still
-    paints a square's outline. -1: every block sees every object word (the original)."""
+    blocks before see the head word (the shape) alone, so they can't tie an outline to a colour
+    (meant for a held-out "red square" where red came only as planks and pillars; it read lower
+    under both rulers, docs/quality.md, session 24). -1: every block sees every object word."""
 
     def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
                  gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0,
@@ -224,7 +224,6 @@ class Generator(nn.Module):
                 x = x + self.convgru(x)
             x = block(x, y if i >= self.first_mod_block else y_head)
         return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
-
 
     def without_mods(self, y: torch.Tensor) -> torch.Tensor:
         """y with the modifier words' block zeroed (the whitened mean: no colour in particular)."""

@@ -112,7 +112,7 @@ class TrainConfig:
     g_frame_blocks: int = 0  # the last N up-blocks (and G's output conv) draw each frame on its own (models.Generator)
     # >=0: the object's modifier words (its colour) reach only G's last N up-blocks and output
     # BatchNorm; the blocks before lay out the shape from the head word alone (models.Generator;
-    # needs a `parts` vocab). -1: every block sees every word (the original).
+    # needs a `parts` vocab). -1: every block sees every word (the original; every preset).
     g_mod_blocks: int = -1
     img_frames: int = 4  # frames the image discriminator scores per clip
     # "factor": the image D judges the object's head word (shape) on colour-scrambled frames and

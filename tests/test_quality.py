@@ -292,7 +292,7 @@ def test_with_g_mod_blocks_the_colour_reaches_only_gs_last_layers(tmp_path):
     draw = lambda row: (G(one_hot_captions([row], PARTS), noise), dict(seen))  # noqa: E731
     red, red_blocks = draw((0, 1, 0))
     blue, blue_blocks = draw((0, 1, 2))  # the same shape in another colour
-    pillar, pillar_blocks = draw((0, 2, 0))  # the same colour, another shape
+    _, pillar_blocks = draw((0, 2, 0))  # the same colour, another shape
     assert torch.equal(red_blocks[0], blue_blocks[0])  # block 0 of 2: the colour has not reached it
     assert not torch.allclose(red_blocks[1], blue_blocks[1]) and not torch.allclose(red, blue)
     assert not torch.allclose(red_blocks[0], pillar_blocks[0])  # the shape word reaches every block
