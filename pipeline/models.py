@@ -154,6 +154,12 @@ def split_cond(cond: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
     return cond[:, :parts[0]], cond[:, parts[0]:]
 
 
+def need_word_parts(parts, what: str) -> None:
+    """Refuse a lever that treats the object's head word and its modifiers apart without them."""
+    if not parts or len(parts) != 3:
+        raise ValueError(f"{what} needs condition parts (template, head word, modifiers)")
+
+
 def up_blocks(size: int) -> int:
     """How many x2 up-blocks take G from 4x4 to ``size``."""
     n_up = int(math.log2(size // 4))
@@ -195,8 +201,8 @@ class Generator(nn.Module):
             raise ValueError(f"frame_blocks must be 0..{n_up}, got {frame_blocks}")
         if not -1 <= mod_blocks <= n_up:
             raise ValueError(f"mod_blocks must be -1..{n_up}, got {mod_blocks}")
-        if mod_blocks >= 0 and (not self.parts or len(self.parts) != 3):
-            raise ValueError("mod_blocks needs condition parts (template, head word, modifiers)")
+        if mod_blocks >= 0:
+            need_word_parts(self.parts, "mod_blocks")
         self.first_mod_block = 0 if mod_blocks < 0 else n_up - mod_blocks
         self.blocks = nn.ModuleList(GBlock(widths[i], widths[i + 1], y_dim, factorized, i < n_up - frame_blocks)
                                     for i in range(n_up))
@@ -323,8 +329,8 @@ class ImageD(nn.Module):
                  pool_first: bool = False, views: str = "joint"):
         super().__init__()
         self.parts = tuple(parts) if parts else None
-        if views == "factor" and (not self.parts or len(self.parts) != 3):
-            raise ValueError("views='factor' needs condition parts (template, head word, modifiers)")
+        if views == "factor":
+            need_word_parts(self.parts, "views='factor'")
         self.factor = views == "factor"
         if self.parts:
             cond_dim = sum(self.parts[1:])
