@@ -22,12 +22,21 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # Re-run pip only when the dependency list changes; torch goes first so that the
-# pinned CPU wheel satisfies the range in pyproject.toml.
+# pinned CPU wheel satisfies the range in pyproject.toml. fastText comes only as source: its
+# C++ build (about a minute on one core) runs beside the install of everything else, and the
+# editable install then takes the wheel it made.
+REQS = $(VENV)/bin/python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+  print(*(r for r in p["dependencies"] + p["optional-dependencies"]["test"] \
+          if r.startswith("fasttext") == (sys.argv[1] == "fasttext")), sep="\n")'
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	@$(REQS) fasttext > $(VENV)/req-fasttext.txt && $(REQS) rest > $(VENV)/req-rest.txt
+	$(VENV)/bin/pip wheel -q --no-deps -w $(VENV)/wheels -r $(VENV)/req-fasttext.txt >$(VENV)/fasttext.log 2>&1 & ft=$$!; \
+	 $(VENV)/bin/pip install -q -r $(VENV)/req-rest.txt; rest=$$?; \
+	 wait $$ft || { cat $(VENV)/fasttext.log >&2; exit 1; }; exit $$rest
+	$(VENV)/bin/pip install -q --find-links $(VENV)/wheels -e '.[test]'
 	touch $@
 
 demo: setup
