@@ -183,14 +183,23 @@ class Generator(nn.Module):
     (the colour of "red square") reach only the last N up-blocks and the output BatchNorm; the
     blocks before see the head word (the shape) alone, so they can't tie an outline to a colour
     (meant for a held-out "red square" where red came only as planks and pillars; it read lower
-    under both rulers, docs/quality.md, session 24). -1: every block sees every object word."""
+    under both rulers, docs/quality.md, session 24). -1: every block sees every object word.
+
+    ``gru_head`` (needs the same parts): the head word (the shape) also reaches the GRU, whose
+    4x4 layouts set where the object is, so its extent can be laid out with its place; the
+    colour words still reach only the BatchNorms, so no layout can depend on a colour (held-out
+    compositions were drawn in the shape their colour had in training, docs/quality.md, session 25)."""
 
     def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
                  gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0,
-                 mod_blocks: int = -1):
+                 mod_blocks: int = -1, gru_head: bool = False):
         super().__init__()
         self.parts = tuple(parts) if parts else None
-        motion_dim, content_dim = (self.parts[0], sum(self.parts[1:])) if self.parts else (cond_dim, cond_dim)
+        if gru_head:
+            need_word_parts(self.parts, "gru_head")
+        # The GRU's words: the template, and with gru_head the head word after it.
+        self.motion_dim = (self.parts[0] + gru_head * self.parts[1]) if self.parts else cond_dim
+        motion_dim, content_dim = self.motion_dim, (sum(self.parts[1:]) if self.parts else cond_dim)
         n_up = up_blocks(size)
         self.z_dim, self.frames = z_dim, frames
         widths = [ch * 2 ** min(3, n_up - i) for i in range(n_up + 1)]  # e.g. 8ch,4ch,2ch,ch
@@ -220,7 +229,8 @@ class Generator(nn.Module):
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         b, t, _ = noise.shape
-        motion, content = split_cond(cond, self.parts)
+        _, content = split_cond(cond, self.parts)
+        motion = cond[:, :self.motion_dim]  # the template's block first, then the head word's
         h, _ = self.gru(torch.cat([noise, motion[:, None].expand(b, t, -1)], -1))  # B,T,G
         x = self.fc(h).view(b, t, self.widths[0], 4, 4).transpose(1, 2)  # B,C,T,4,4
         y = torch.cat([noise[:, 0], content], -1)  # what the CBN gains and biases see
@@ -244,7 +254,7 @@ def build_generator(cfg, cond_dim: int, parts) -> Generator:
     Older checkpoints lack the newer keys; their defaults are what those runs had."""
     return Generator(cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"], parts,
                      cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0),
-                     cfg.get("g_mod_blocks", -1))
+                     cfg.get("g_mod_blocks", -1), cfg.get("g_gru_head", False))
 
 
 class DBlock(nn.Module):

@@ -114,6 +114,9 @@ class TrainConfig:
     # BatchNorm; the blocks before lay out the shape from the head word alone (models.Generator;
     # needs a `parts` vocab). -1: every block sees every word (the original; every preset).
     g_mod_blocks: int = -1
+    # True: the object's head word (its shape) also reaches G's GRU, which lays out where the
+    # object is; its colour words do not (models.Generator; needs a `parts` vocab).
+    g_gru_head: bool = False
     img_frames: int = 4  # frames the image discriminator scores per clip
     # "factor": the image D judges the object's head word (shape) on colour-scrambled frames and
     # its modifiers (colour) on a bag of pixel colours, each part on a view of its own attribute
@@ -327,7 +330,8 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
                         f"{vocab.cond_dim}: rebuild it with `t2v vocab`")
     # Levers that treat the object's head word (its shape) and its modifiers (its colour) apart.
     lever = ("d_img_views=factor" if cfg.d_img_views == "factor"
-             else f"g_mod_blocks={cfg.g_mod_blocks}" if cfg.g_mod_blocks >= 0 else None)
+             else f"g_mod_blocks={cfg.g_mod_blocks}" if cfg.g_mod_blocks >= 0
+             else "g_gru_head=true" if cfg.g_gru_head else None)
     if lever and (not vocab.parts or len(vocab.parts) != 3):
         raise UserError(f"{lever} treats the object's head word and its modifiers apart: "
                         f"build {cfg.vocab} with `t2v vocab --mode parts`")

@@ -303,6 +303,29 @@ def test_with_g_mod_blocks_the_colour_reaches_only_gs_last_layers(tmp_path):
         Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, mod_blocks=0)
 
 
+def test_with_g_gru_head_gs_layout_follows_the_shape_word_and_never_the_colour(tmp_path):
+    """g_gru_head: the 4x4 layouts G's GRU makes (where the object is) depend on the head word
+    (the shape) as well as the template, and still not on the modifier (the colour)."""
+    torch.manual_seed(0)
+    for gru_head in (False, True):
+        G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
+                      gru_head=gru_head).eval()
+        layout = {}
+        G.fc.register_forward_hook(lambda m, args, out: layout.__setitem__("x", out))
+        noise = G.noise(1, "cpu")
+        draw = lambda row: (G(one_hot_captions([row], PARTS), noise), layout["x"])  # noqa: E731
+        red, red_layout = draw((0, 1, 0))
+        blue, blue_layout = draw((0, 1, 2))  # the same shape in another colour
+        _, pillar_layout = draw((0, 2, 0))  # the same colour, another shape
+        assert torch.equal(red_layout, blue_layout) and not torch.allclose(red, blue)
+        assert torch.equal(red_layout, pillar_layout) != gru_head  # the shape reaches the GRU only with gru_head
+    gan, cond = tiny_gan(tmp_path, g_gru_head=True, fake_cond="recompose_g")
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    with pytest.raises(ValueError, match="needs condition parts"):
+        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, gru_head=True)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_the_channels_last_cbn_normalises_as_batchnorm_does(train):
     """CBN3d's own path for float32 channels-last activations (faster on CPU) gives BatchNorm's

@@ -261,7 +261,7 @@ def test_training_carries_on_when_mlflow_is_down(prepared):
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", "factor_views", "mod_blocks",
-                                  "run_dir"])
+                                  "gru_head", "run_dir"])
 def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path, case):
     extra, data, vocab = [], prepared / "frames", prepared / "vocab"
     if case == "unknown_key":
@@ -277,6 +277,8 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
         extra, msg = ["--set", "d_img_views=factor"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
     elif case == "mod_blocks":  # the same vocab: G can't send a colour to some blocks only
         extra, msg = ["--set", "g_mod_blocks=0"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
+    elif case == "gru_head":  # the same vocab: no head word to give G's GRU
+        extra, msg = ["--set", "g_gru_head=true"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
     else:
         run_dir = prepared / "straight"
         extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8); use a new --run-dir, " \
