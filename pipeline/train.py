@@ -172,7 +172,7 @@ def _debug_cpu() -> dict:
     # convs smeared moving objects along their path (a plank moving up drawn tall). At the demo's
     # length on toy seeds 0-3 (one thread, the same data each way) it read seen 0.989 / 0.997 /
     # 0.957 / 0.959 against 0.943 / 0.875 / 0.910 / 0.753 and held-out higher on three of four,
-    # at about 1.3x the steps per second (docs/quality.md, sessions 24 and 25).
+    # at 1.2-1.3x the steps per second side by side (docs/quality.md, sessions 24 and 25).
     return dict(batch=8, g_ch=12, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True, g_conv="2+1d",
