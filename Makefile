@@ -32,10 +32,13 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
-	@$(REQS) fasttext > $(VENV)/req-fasttext.txt && $(REQS) rest > $(VENV)/req-rest.txt
-	$(VENV)/bin/pip wheel -q --no-deps -w $(VENV)/wheels -r $(VENV)/req-fasttext.txt >$(VENV)/fasttext.log 2>&1 & ft=$$!; \
-	 $(VENV)/bin/pip install -q -r $(VENV)/req-rest.txt; rest=$$?; \
-	 wait $$ft || { cat $(VENV)/fasttext.log >&2; exit 1; }; exit $$rest
+	mkdir -p $(VENV)/wheels
+	@# Python 3.10 has no tomllib: there the last line installs fastText too, one package after another.
+	@if $(REQS) fasttext > $(VENV)/req-fasttext.txt 2>/dev/null && $(REQS) rest > $(VENV)/req-rest.txt; then \
+	  echo "building fastText beside the install of the rest (log: $(VENV)/fasttext.log)"; \
+	  $(VENV)/bin/pip wheel -q --no-deps -w $(VENV)/wheels -r $(VENV)/req-fasttext.txt >$(VENV)/fasttext.log 2>&1 & ft=$$!; \
+	  $(VENV)/bin/pip install -q -r $(VENV)/req-rest.txt; rest=$$?; \
+	  wait $$ft || { cat $(VENV)/fasttext.log >&2; exit 1; }; exit $$rest; fi
 	$(VENV)/bin/pip install -q --find-links $(VENV)/wheels -e '.[test]'
 	touch $@
 

@@ -229,7 +229,7 @@ class Generator(nn.Module):
 
     def forward(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         b, t, _ = noise.shape
-        _, content = split_cond(cond, self.parts)
+        content = split_cond(cond, self.parts)[1]
         motion = cond[:, :self.motion_dim]  # the template's block first, then the head word's
         h, _ = self.gru(torch.cat([noise, motion[:, None].expand(b, t, -1)], -1))  # B,T,G
         x = self.fc(h).view(b, t, self.widths[0], 4, 4).transpose(1, 2)  # B,C,T,4,4
