@@ -25,16 +25,18 @@ browser:
 # pinned CPU wheel satisfies the range in pyproject.toml. fastText comes only as source: its
 # C++ build (about a minute on one core) runs beside the install of everything else, and the
 # editable install then takes the wheel it made.
-REQS = $(VENV)/bin/python -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-  print(*(r for r in p["dependencies"] + p["optional-dependencies"]["test"] \
-          if r.startswith("fasttext") == (sys.argv[1] == "fasttext")), sep="\n")'
+# REQS writes the requirement lists: fastText's, and everything else's.
+REQS = $(VENV)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+  reqs = p["dependencies"] + p["optional-dependencies"]["test"]; \
+  open("$(VENV)/req-fasttext.txt", "w").write("\n".join(r for r in reqs if r.startswith("fasttext"))); \
+  open("$(VENV)/req-rest.txt", "w").write("\n".join(r for r in reqs if not r.startswith("fasttext")))'
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
 	mkdir -p $(VENV)/wheels
 	@# Python 3.10 has no tomllib: there the last line installs fastText too, one package after another.
-	@if $(REQS) fasttext > $(VENV)/req-fasttext.txt 2>/dev/null && $(REQS) rest > $(VENV)/req-rest.txt; then \
+	@if $(REQS) 2>/dev/null; then \
 	  echo "building fastText beside the install of the rest (log: $(VENV)/fasttext.log)"; \
 	  $(VENV)/bin/pip wheel -q --no-deps -w $(VENV)/wheels -r $(VENV)/req-fasttext.txt >$(VENV)/fasttext.log 2>&1 & ft=$$!; \
 	  $(VENV)/bin/pip install -q -r $(VENV)/req-rest.txt; rest=$$?; \

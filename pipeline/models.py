@@ -198,7 +198,7 @@ class Generator(nn.Module):
         if gru_head:
             need_word_parts(self.parts, "gru_head")
         # The GRU's words: the template, and with gru_head the head word after it.
-        self.motion_dim = (self.parts[0] + gru_head * self.parts[1]) if self.parts else cond_dim
+        self.motion_dim = (self.parts[0] + (self.parts[1] if gru_head else 0)) if self.parts else cond_dim
         motion_dim, content_dim = self.motion_dim, (sum(self.parts[1:]) if self.parts else cond_dim)
         n_up = up_blocks(size)
         self.z_dim, self.frames = z_dim, frames
