@@ -154,9 +154,14 @@ def split_cond(cond: torch.Tensor, parts) -> tuple[torch.Tensor, torch.Tensor]:
     return cond[:, :parts[0]], cond[:, parts[0]:]
 
 
+def has_word_parts(parts) -> bool:
+    """Whether a condition's parts are (template, head word, modifiers)."""
+    return bool(parts) and len(parts) == 3
+
+
 def need_word_parts(parts, what: str) -> None:
     """Refuse a lever that treats the object's head word and its modifiers apart without them."""
-    if not parts or len(parts) != 3:
+    if not has_word_parts(parts):
         raise ValueError(f"{what} needs condition parts (template, head word, modifiers)")
 
 

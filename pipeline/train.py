@@ -37,7 +37,7 @@ from .errors import UserError
 from .evaluate import EvalConfig, evaluate_generator, write_heatmap
 from .files import atomic_write, write_json
 from .labels import fill
-from .models import Generator, ImageD, VideoD, build_generator, render, up_blocks
+from .models import Generator, ImageD, VideoD, build_generator, has_word_parts, render, up_blocks
 from .prompts import clip_prompts, prompt_conditions
 from .tracking import Tracker, default_uri
 from .vocab import Vocab
@@ -338,7 +338,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     lever = ("d_img_views=factor" if cfg.d_img_views == "factor"
              else f"g_mod_blocks={cfg.g_mod_blocks}" if cfg.g_mod_blocks >= 0
              else "g_gru_head=true" if cfg.g_gru_head else None)
-    if lever and (not vocab.parts or len(vocab.parts) != 3):
+    if lever and not has_word_parts(vocab.parts):
         raise UserError(f"{lever} treats the object's head word and its modifiers apart: "
                         f"build {cfg.vocab} with `t2v vocab --mode parts`")
     if (len(data) // world) // (cfg.batch // world) == 0:
@@ -487,7 +487,7 @@ def fake_conditions(cond: torch.Tensor, kind: str, parts) -> torch.Tensor:
         return cond
     perm = torch.randperm(len(cond), device=cond.device)
     out = torch.cat([cond[perm, :parts[0]], cond[:, parts[0]:]], 1)
-    return recomposed(out, parts) if kind == "recompose_g" and len(parts) == 3 else out
+    return recomposed(out, parts) if kind == "recompose_g" and has_word_parts(parts) else out
 
 
 def recomposed(cond: torch.Tensor, parts) -> torch.Tensor:
