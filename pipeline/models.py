@@ -193,15 +193,26 @@ class Generator(nn.Module):
     ``gru_head`` (needs the same parts): the head word (the shape) also reaches the GRU, whose
     4x4 layouts set where the object is, so its extent can be laid out with its place; the
     colour words still reach only the BatchNorms, so no layout can depend on a colour (held-out
-    compositions were drawn in the shape their colour had in training, docs/quality.md, session 25)."""
+    compositions were drawn in the shape their colour had in training, docs/quality.md, session 25).
+
+    ``layered`` (needs the same parts): the object is painted as a layer over the rest
+    (FineGAN's mask-and-appearance split, arXiv 1811.11155). The up-blocks and the output
+    BatchNorm see the head word alone and draw a background, an object mask and a shade;
+    the modifier words reach nothing but one linear map to the layer's colour. So no colour
+    word can change an outline: a "blue square" whose blue came only as planks gets the
+    square's mask in blue (docs/quality.md, session 26)."""
 
     def __init__(self, cond_dim: int, z_dim: int = 64, ch: int = 32, frames: int = 16, size: int = 32,
                  gru_dim: int = 256, parts=None, factorized: bool = False, frame_blocks: int = 0,
-                 mod_blocks: int = -1, gru_head: bool = False):
+                 mod_blocks: int = -1, gru_head: bool = False, layered: bool = False):
         super().__init__()
         self.parts = tuple(parts) if parts else None
         if gru_head:
             need_word_parts(self.parts, "gru_head")
+        if layered:
+            need_word_parts(self.parts, "layered")
+            mod_blocks = 0  # no up-block sees the colour; the output BatchNorm neither (forward)
+        self.layered = layered
         # The GRU's words: the template, and with gru_head the head word after it.
         self.motion_dim = (self.parts[0] + (self.parts[1] if gru_head else 0)) if self.parts else cond_dim
         motion_dim, content_dim = self.motion_dim, (sum(self.parts[1:]) if self.parts else cond_dim)
@@ -226,7 +237,10 @@ class Generator(nn.Module):
         # The content words modulate the last features too: the object's colour and outline
         # are drawn at full resolution (held-out compositions, docs/quality.md, session 7).
         self.out_bn = CBN3d(widths[-1], y_dim)
-        self.out = nn.Conv3d(widths[-1], 3, (1, 3, 3) if frame_blocks else 3, padding=(0 if frame_blocks else 1, 1, 1))
+        # layered: RGB of what is behind the object, the object's mask and its shade.
+        self.out = nn.Conv3d(widths[-1], 5 if layered else 3, (1, 3, 3) if frame_blocks else 3,
+                             padding=(0 if frame_blocks else 1, 1, 1))
+        self.paint = nn.Linear(self.parts[2], 3) if layered else None  # the layer's colour, from the modifiers
         self.widths = widths
 
     def noise(self, b: int, device) -> torch.Tensor:
@@ -244,7 +258,13 @@ class Generator(nn.Module):
             if i == self.mid:
                 x = x + self.convgru(x)
             x = block(x, y if i >= self.first_mod_block else y_head)
-        return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
+        if not self.layered:
+            return torch.tanh(self.out(F.relu(self.out_bn(x, y))))  # B,3,T,H,W
+        back, mask, shade = self.out(F.relu(self.out_bn(x, y_head))).split([3, 1, 1], 1)
+        colour = torch.tanh(self.paint(cond[:, -self.parts[2]:]))[:, :, None, None, None]
+        # The shade darkens the colour toward black (a digit card's ink); 1 is the flat colour.
+        layer = (colour + 1) * torch.sigmoid(shade) - 1
+        return torch.lerp(torch.tanh(back), layer, torch.sigmoid(mask))
 
     def without_mods(self, y: torch.Tensor) -> torch.Tensor:
         """y with the modifier words' block zeroed (the whitened mean: no colour in particular)."""
@@ -259,7 +279,7 @@ def build_generator(cfg, cond_dim: int, parts) -> Generator:
     Older checkpoints lack the newer keys; their defaults are what those runs had."""
     return Generator(cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"], parts,
                      cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0),
-                     cfg.get("g_mod_blocks", -1), cfg.get("g_gru_head", False))
+                     cfg.get("g_mod_blocks", -1), cfg.get("g_gru_head", False), cfg.get("g_layered", False))
 
 
 class DBlock(nn.Module):

@@ -117,6 +117,10 @@ class TrainConfig:
     # True: the object's head word (its shape) also reaches G's GRU, which lays out where the
     # object is; its colour words do not (models.Generator; needs a `parts` vocab).
     g_gru_head: bool = False
+    # True: G paints the object as a layer: its mask and shade from the head word, its colour
+    # from the modifier words alone, so no colour can change an outline (models.Generator;
+    # needs a `parts` vocab).
+    g_layered: bool = False
     img_frames: int = 4  # frames the image discriminator scores per clip
     # "factor": the image D judges the object's head word (shape) on colour-scrambled frames and
     # its modifiers (colour) on a bag of pixel colours, each part on a view of its own attribute
@@ -337,7 +341,7 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     # Levers that treat the object's head word (its shape) and its modifiers (its colour) apart.
     lever = ("d_img_views=factor" if cfg.d_img_views == "factor"
              else f"g_mod_blocks={cfg.g_mod_blocks}" if cfg.g_mod_blocks >= 0
-             else "g_gru_head=true" if cfg.g_gru_head else None)
+             else "g_gru_head=true" if cfg.g_gru_head else "g_layered=true" if cfg.g_layered else None)
     if lever and not has_word_parts(vocab.parts):
         raise UserError(f"{lever} treats the object's head word and its modifiers apart: "
                         f"build {cfg.vocab} with `t2v vocab --mode parts`")

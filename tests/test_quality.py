@@ -326,6 +326,38 @@ def test_with_g_gru_head_gs_layout_follows_the_shape_word_and_never_the_colour(t
         Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, gru_head=True)
 
 
+def test_with_g_layered_a_colour_word_changes_the_objects_colour_and_never_its_outline(tmp_path):
+    """g_layered: what G's convolutions draw (the background, the object's mask and shade) depends
+    on the head word (the shape) and not on the modifier (the colour); the colour word reaches the
+    clip only through the layer's colour, inside the mask."""
+    torch.manual_seed(0)
+    G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
+                  frame_blocks=1, layered=True).eval()
+    drawn = {}
+    G.out.register_forward_hook(lambda m, args, out: drawn.__setitem__("x", out))
+    noise = G.noise(1, "cpu")
+    draw = lambda row: (G(one_hot_captions([row], PARTS), noise), drawn["x"])  # noqa: E731
+    red, red_layers = draw((0, 1, 0))
+    blue, blue_layers = draw((0, 1, 2))  # the same shape in another colour
+    pillar, pillar_layers = draw((0, 2, 0))  # the same colour, another shape
+    assert torch.equal(red_layers, blue_layers) and not torch.allclose(red, blue)
+    assert not torch.allclose(red_layers, pillar_layers)
+    # Where the mask is shut, the colour word changes nothing: red - blue is the mask times
+    # the difference of the two layers.
+    mask = torch.sigmoid(red_layers[:, 3:4])
+    with torch.no_grad():
+        paint = lambda row: torch.tanh(G.paint(one_hot_captions([row], PARTS)[:, -PARTS[2]:]))  # noqa: E731
+        shade = torch.sigmoid(red_layers[:, 4:5])
+        layer = lambda row: (paint(row)[:, :, None, None, None] + 1) * shade - 1  # noqa: E731
+        assert torch.allclose(red - blue, mask * (layer((0, 1, 0)) - layer((0, 1, 2))), atol=1e-5)
+    assert red.shape == (1, 3, 4, 16, 16) and red.abs().max() <= 1
+    gan, cond = tiny_gan(tmp_path, g_layered=True, fake_cond="recompose_g")
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    with pytest.raises(ValueError, match="needs condition parts"):
+        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, layered=True)
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_the_channels_last_cbn_normalises_as_batchnorm_does(train):
     """CBN3d's own path for float32 channels-last activations (faster on CPU) gives BatchNorm's

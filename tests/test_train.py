@@ -260,8 +260,12 @@ def test_training_carries_on_when_mlflow_is_down(prepared):
     assert "MLflow unavailable" in log and load_latest(prepared / "offline")["step"] == 3
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", "factor_views", "mod_blocks",
-                                  "gru_head", "run_dir"])
+# Levers that need a `parts` vocab (the fixture's is object mode: no head word / modifier split).
+WORD_PART_LEVERS = {"factor_views": "d_img_views=factor", "mod_blocks": "g_mod_blocks=0",
+                    "gru_head": "g_gru_head=true", "layered": "g_layered=true"}
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", *WORD_PART_LEVERS, "run_dir"])
 def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path, case):
     extra, data, vocab = [], prepared / "frames", prepared / "vocab"
     if case == "unknown_key":
@@ -273,12 +277,8 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
     elif case == "vocab_ids":
         t2v("vocab", "--labels", toy / "labels/validation.json", "--out", tmp_path / "v", "--epoch", "1")
         vocab, msg = tmp_path / "v", "have no condition"
-    elif case == "factor_views":  # the fixture's vocab is object mode: no head word / modifier split
-        extra, msg = ["--set", "d_img_views=factor"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
-    elif case == "mod_blocks":  # the same vocab: G can't send a colour to some blocks only
-        extra, msg = ["--set", "g_mod_blocks=0"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
-    elif case == "gru_head":  # the same vocab: no head word to give G's GRU
-        extra, msg = ["--set", "g_gru_head=true"], "build " + str(vocab) + " with `t2v vocab --mode parts`"
+    elif case in WORD_PART_LEVERS:
+        extra, msg = ["--set", WORD_PART_LEVERS[case]], "build " + str(vocab) + " with `t2v vocab --mode parts`"
     else:
         run_dir = prepared / "straight"
         extra, msg = ["--set", "g_ch=8"], "holds a run with another config: g_ch=4 (now 8); use a new --run-dir, " \
