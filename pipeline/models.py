@@ -276,10 +276,13 @@ class Generator(nn.Module):
 
 def build_generator(cfg, cond_dim: int, parts) -> Generator:
     """G from a run's config: a TrainConfig's fields as a dict (a checkpoint's "config").
-    Older checkpoints lack the newer keys; their defaults are what those runs had."""
+    Older checkpoints lack the newer keys; their defaults are what those runs had.
+    ``g_layered`` applies where the vocab splits the object's words (a preset's default must
+    work with any vocab mode); without that split G draws the object as the original did."""
+    layered = cfg.get("g_layered", False) and has_word_parts(parts)
     return Generator(cond_dim, cfg["z_dim"], cfg["g_ch"], cfg["frames"], cfg["size"], cfg["gru_dim"], parts,
                      cfg.get("g_conv", "3d") == "2+1d", cfg.get("g_frame_blocks", 0),
-                     cfg.get("g_mod_blocks", -1), cfg.get("g_gru_head", False), cfg.get("g_layered", False))
+                     cfg.get("g_mod_blocks", -1), cfg.get("g_gru_head", False), layered)
 
 
 class DBlock(nn.Module):

@@ -11,7 +11,8 @@ from conftest import t2v
 from pipeline import dist
 from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
-from pipeline.models import SCRAMBLES, CBN3d, Generator, ImageD, VideoD, scramble_colours
+from pipeline.config import to_dict
+from pipeline.models import SCRAMBLES, CBN3d, Generator, ImageD, VideoD, build_generator, scramble_colours
 from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
@@ -356,6 +357,9 @@ def test_with_g_layered_a_colour_word_changes_the_objects_colour_and_never_its_o
     assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
     with pytest.raises(ValueError, match="needs condition parts"):
         Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, layered=True)
+    # A run's config (debug_cpu sets g_layered) with a vocab that has no word parts: the original G.
+    config = to_dict(TrainConfig(tmp_path, tmp_path, tmp_path, g_layered=True))
+    assert build_generator(config, 10, PARTS).layered and not build_generator(config, 10, None).layered
 
 
 @pytest.mark.parametrize("train", [True, False])

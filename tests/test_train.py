@@ -262,7 +262,7 @@ def test_training_carries_on_when_mlflow_is_down(prepared):
 
 # Levers that need a `parts` vocab (the fixture's is object mode: no head word / modifier split).
 WORD_PART_LEVERS = {"factor_views": "d_img_views=factor", "mod_blocks": "g_mod_blocks=0",
-                    "gru_head": "g_gru_head=true", "layered": "g_layered=true"}
+                    "gru_head": "g_gru_head=true"}
 
 
 @pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", *WORD_PART_LEVERS, "run_dir"])
