@@ -349,6 +349,9 @@ def check(cfg: TrainConfig, world: int = 1) -> dict:
     if lever and not has_word_parts(vocab.parts):
         raise UserError(f"{lever} treats the object's head word and its modifiers apart: "
                         f"build {cfg.vocab} with `t2v vocab --mode parts`")
+    if cfg.g_layered and cfg.g_mod_blocks >= 0 and has_word_parts(vocab.parts):
+        raise UserError(f"g_mod_blocks={cfg.g_mod_blocks} does nothing with g_layered=true (the colour words reach "
+                        "no up-block then); add --set g_layered=false to try it")
     if (len(data) // world) // (cfg.batch // world) == 0:
         raise UserError(f"{len(data)} clips are too few for a batch of {cfg.batch // world} on each of {world} "
                         "rank(s); lower --set batch")

@@ -265,7 +265,8 @@ WORD_PART_LEVERS = {"factor_views": "d_img_views=factor", "mod_blocks": "g_mod_b
                     "gru_head": "g_gru_head=true"}
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", *WORD_PART_LEVERS, "run_dir"])
+@pytest.mark.parametrize("case", ["unknown_key", "bad_type", "size", "vocab_ids", *WORD_PART_LEVERS, "layered_mod_blocks",
+                                  "run_dir"])
 def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path, case):
     extra, data, vocab = [], prepared / "frames", prepared / "vocab"
     if case == "unknown_key":
@@ -277,6 +278,9 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
     elif case == "vocab_ids":
         t2v("vocab", "--labels", toy / "labels/validation.json", "--out", tmp_path / "v", "--epoch", "1")
         vocab, msg = tmp_path / "v", "have no condition"
+    elif case == "layered_mod_blocks":  # debug_cpu paints the object as a layer: no block sees the colour
+        t2v("vocab", "--labels", toy / "labels/train.json", "--out", tmp_path / "v", "--mode", "parts", "--epoch", "1")
+        vocab, extra, msg = tmp_path / "v", ["--set", "g_mod_blocks=0"], "add --set g_layered=false to try it"
     elif case in WORD_PART_LEVERS:
         extra, msg = ["--set", WORD_PART_LEVERS[case]], "build " + str(vocab) + " with `t2v vocab --mode parts`"
     else:
