@@ -280,28 +280,38 @@ def test_a_factored_image_d_judges_the_colour_word_on_colours_and_the_shape_word
         ImageD(10, ch=2, size=16, views="factor")
 
 
+def red_blue_pillar(G: Generator, modules) -> list:
+    """(clip, [what each of ``modules`` gave]) for a red square, a blue square (the same shape in
+    another colour) and a red pillar (the same colour, another shape), all from one noise."""
+    seen = {}
+    for i, m in enumerate(modules):
+        m.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, out))
+    noise = G.noise(1, "cpu")
+    return [(G(one_hot_captions([row], PARTS), noise), [seen[i] for i in range(len(modules))])
+            for row in ((0, 1, 0), (0, 1, 2), (0, 2, 0))]
+
+
+def assert_a_step_runs_and_word_parts_are_needed(tmp_path, cfg: dict, **lever):
+    """A training step of the tiny GAN with the lever in ``cfg`` runs, and a G without word
+    parts refuses the lever (``lever``: its Generator keyword)."""
+    gan, cond = tiny_gan(tmp_path, fake_cond="recompose_g", **cfg)
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
+    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
+    with pytest.raises(ValueError, match="needs condition parts"):
+        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, **lever)
+
+
 def test_with_g_mod_blocks_the_colour_reaches_only_gs_last_layers(tmp_path):
     """g_mod_blocks=N: what G's earlier up-blocks lay out depends on the head word (the shape)
     and not on the modifier (the colour); the last N blocks and the output are coloured by it."""
     torch.manual_seed(0)
     G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
                   mod_blocks=1).eval()
-    seen = {}
-    for i, block in enumerate(G.blocks):
-        block.register_forward_hook(lambda m, args, out, i=i: seen.__setitem__(i, out))
-    noise = G.noise(1, "cpu")
-    draw = lambda row: (G(one_hot_captions([row], PARTS), noise), dict(seen))  # noqa: E731
-    red, red_blocks = draw((0, 1, 0))
-    blue, blue_blocks = draw((0, 1, 2))  # the same shape in another colour
-    _, pillar_blocks = draw((0, 2, 0))  # the same colour, another shape
+    (red, red_blocks), (blue, blue_blocks), (_, pillar_blocks) = red_blue_pillar(G, list(G.blocks))
     assert torch.equal(red_blocks[0], blue_blocks[0])  # block 0 of 2: the colour has not reached it
     assert not torch.allclose(red_blocks[1], blue_blocks[1]) and not torch.allclose(red, blue)
     assert not torch.allclose(red_blocks[0], pillar_blocks[0])  # the shape word reaches every block
-    gan, cond = tiny_gan(tmp_path, g_mod_blocks=0, fake_cond="recompose_g")
-    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
-    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
-    with pytest.raises(ValueError, match="needs condition parts"):
-        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, mod_blocks=0)
+    assert_a_step_runs_and_word_parts_are_needed(tmp_path, {"g_mod_blocks": 0}, mod_blocks=0)
 
 
 def test_with_g_gru_head_gs_layout_follows_the_shape_word_and_never_the_colour(tmp_path):
@@ -311,20 +321,10 @@ def test_with_g_gru_head_gs_layout_follows_the_shape_word_and_never_the_colour(t
     for gru_head in (False, True):
         G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
                       gru_head=gru_head).eval()
-        layout = {}
-        G.fc.register_forward_hook(lambda m, args, out: layout.__setitem__("x", out))
-        noise = G.noise(1, "cpu")
-        draw = lambda row: (G(one_hot_captions([row], PARTS), noise), layout["x"])  # noqa: E731
-        red, red_layout = draw((0, 1, 0))
-        blue, blue_layout = draw((0, 1, 2))  # the same shape in another colour
-        _, pillar_layout = draw((0, 2, 0))  # the same colour, another shape
+        (red, [red_layout]), (blue, [blue_layout]), (_, [pillar_layout]) = red_blue_pillar(G, [G.fc])
         assert torch.equal(red_layout, blue_layout) and not torch.allclose(red, blue)
         assert torch.equal(red_layout, pillar_layout) != gru_head  # the shape reaches the GRU only with gru_head
-    gan, cond = tiny_gan(tmp_path, g_gru_head=True, fake_cond="recompose_g")
-    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
-    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
-    with pytest.raises(ValueError, match="needs condition parts"):
-        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, gru_head=True)
+    assert_a_step_runs_and_word_parts_are_needed(tmp_path, {"g_gru_head": True}, gru_head=True)
 
 
 def test_with_g_layered_a_colour_word_changes_the_objects_colour_and_never_its_outline(tmp_path):
@@ -334,29 +334,18 @@ def test_with_g_layered_a_colour_word_changes_the_objects_colour_and_never_its_o
     torch.manual_seed(0)
     G = Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, factorized=True,
                   frame_blocks=1, layered=True).eval()
-    drawn = {}
-    G.out.register_forward_hook(lambda m, args, out: drawn.__setitem__("x", out))
-    noise = G.noise(1, "cpu")
-    draw = lambda row: (G(one_hot_captions([row], PARTS), noise), drawn["x"])  # noqa: E731
-    red, red_layers = draw((0, 1, 0))
-    blue, blue_layers = draw((0, 1, 2))  # the same shape in another colour
-    pillar, pillar_layers = draw((0, 2, 0))  # the same colour, another shape
+    (red, [red_layers]), (blue, [blue_layers]), (_, [pillar_layers]) = red_blue_pillar(G, [G.out])
     assert torch.equal(red_layers, blue_layers) and not torch.allclose(red, blue)
     assert not torch.allclose(red_layers, pillar_layers)
     # Where the mask is shut, the colour word changes nothing: red - blue is the mask times
     # the difference of the two layers.
-    mask = torch.sigmoid(red_layers[:, 3:4])
+    mask, shade = torch.sigmoid(red_layers[:, 3:4]), torch.sigmoid(red_layers[:, 4:5])
     with torch.no_grad():
         paint = lambda row: torch.tanh(G.paint(one_hot_captions([row], PARTS)[:, -PARTS[2]:]))  # noqa: E731
-        shade = torch.sigmoid(red_layers[:, 4:5])
         layer = lambda row: (paint(row)[:, :, None, None, None] + 1) * shade - 1  # noqa: E731
         assert torch.allclose(red - blue, mask * (layer((0, 1, 0)) - layer((0, 1, 2))), atol=1e-5)
     assert red.shape == (1, 3, 4, 16, 16) and red.abs().max() <= 1
-    gan, cond = tiny_gan(tmp_path, g_layered=True, fake_cond="recompose_g")
-    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))  # and the step runs
-    assert np.isfinite([out["loss_D"], out["loss_G"]]).all()
-    with pytest.raises(ValueError, match="needs condition parts"):
-        Generator(10, z_dim=4, ch=2, frames=4, size=16, gru_dim=8, layered=True)
+    assert_a_step_runs_and_word_parts_are_needed(tmp_path, {"g_layered": True}, layered=True)
     # A run's config (debug_cpu sets g_layered) with a vocab that has no word parts: the original G.
     config = to_dict(TrainConfig(tmp_path, tmp_path, tmp_path, g_layered=True))
     assert build_generator(config, 10, PARTS).layered and not build_generator(config, 10, None).layered
