@@ -296,6 +296,23 @@ def test_bad_config_is_refused_before_any_work(prepared, straight, toy, tmp_path
         assert not run_dir.exists()
 
 
+def test_a_run_saved_before_a_key_existed_is_resumed_with_that_keys_old_default(prepared, straight, tmp_path):
+    """debug_cpu turned g_layered on in session 26: a run saved before the key existed was drawn
+    without it, and the refusal says how to resume it so (not "g_layered=None")."""
+    import json
+    import shutil
+
+    run_dir = tmp_path / "older"
+    shutil.copytree(prepared / "straight", run_dir)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved.pop("g_layered") is True  # the preset's value now
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    r = t2v("train", "--data", prepared / "frames", "--vocab", prepared / "vocab", "--run-dir", run_dir,
+            "--preset", "debug_cpu", *sum((["--set", s] for s in TINY), []), check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "g_layered=False (now True)" in r.stderr and "--set g_layered=False" in r.stderr
+
+
 def test_status_of_a_run_dir_prints_a_working_resume_command(prepared):
     import json
     import shlex
