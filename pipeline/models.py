@@ -211,6 +211,8 @@ class Generator(nn.Module):
             need_word_parts(self.parts, "gru_head")
         if layered:
             need_word_parts(self.parts, "layered")
+            if mod_blocks >= 0:  # refused, not overridden: the caller asked for something else
+                raise ValueError("mod_blocks does nothing with layered (the colour words reach no up-block)")
             mod_blocks = 0  # no up-block sees the colour; the output BatchNorm neither (forward)
         self.layered = layered
         # The GRU's words: the template, and with gru_head the head word after it.

@@ -346,6 +346,8 @@ def test_with_g_layered_a_colour_word_changes_the_objects_colour_and_never_its_o
         assert torch.allclose(red - blue, mask * (layer((0, 1, 0)) - layer((0, 1, 2))), atol=1e-5)
     assert red.shape == (1, 3, 4, 16, 16) and red.abs().max() <= 1
     assert_a_step_runs_and_word_parts_are_needed(tmp_path, {"g_layered": True}, layered=True)
+    with pytest.raises(ValueError, match="mod_blocks does nothing with layered"):
+        Generator(sum(PARTS), z_dim=4, ch=2, frames=4, size=16, gru_dim=8, parts=PARTS, layered=True, mod_blocks=1)
     # A run's config (debug_cpu sets g_layered) with a vocab that has no word parts: the original G.
     config = to_dict(TrainConfig(tmp_path, tmp_path, tmp_path, g_layered=True))
     assert build_generator(config, 10, PARTS).layered and not build_generator(config, 10, None).layered
