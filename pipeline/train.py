@@ -66,6 +66,11 @@ class TrainConfig:
     gp_weight: float = 100.0  # zero-centred GP on interpolates (arXiv 1902.03984)
     gp_every: int = 1  # >1: lazy GP (StyleGAN2), every N-th D step with weight x N
     loss: Literal["bce", "hinge"] = "bce"
+    # The weight of D's two negative terms (a real clip with a wrong caption, a fake) against
+    # its one positive (the real clip with its own caption). 1: the original, negatives weigh
+    # twice the positive; 0.5: GAN-CLS's matching-aware D (Reed et al. 2016, arXiv 1605.05396,
+    # Algorithm 1), the two halves weigh the same.
+    d_neg_weight: float = 1.0
     # The mismatch term's text for a real clip: "roll" = another clip's caption (the original);
     # "hard" = the same caption with only the template or only the object swapped, so D must
     # check each part (needs a `parts` vocab for the split, else it falls back to roll).
@@ -181,11 +186,17 @@ def _debug_cpu() -> dict:
     # other setting drew a held-out composition in the shape its colour had in training. At
     # the demo's length on toy seeds 0-3 (one thread, the same data each way) held-out read
     # 1.000 / 0.920 / 1.000 / 1.000 against 0.982 / 0.714 / 0.696 / 0.714 (session 26).
+    # d_neg_weight=0.75: D's two negatives weigh 1.5x its one positive, not 2x (0.5 is GAN-CLS's
+    # even split, which learned fastest and drew outlines that drift). On toy seeds 0-3 at the
+    # demo's length (one thread, the same data each way): step 750 seen 0.913 / 0.674 / 0.728 /
+    # 0.717 against 0.679 / 0.609 / 0.310 / 0.625; at the end seen 1.000 / 0.978 / 0.995 / 1.000
+    # against 1.000 / 0.959 / 0.970 / 0.997, held-out 1.000 / 0.946 / 1.000 / 1.000 against
+    # 1.000 / 0.920 / 1.000 / 1.000 (docs/quality.md, session 27).
     return dict(batch=8, g_ch=12, d_ch=8, z_dim=16, gru_dim=64, img_frames=2, ema_beta=0.99, max_steps=300,
                 checkpoint_every=50, tick_every=10, workers=0, lr_g=2e-3, lr_d=2e-3, beta1=0.0, beta2=0.99,
                 d_steps=1, loss="hinge", gp_weight=10.0, gp_every=4, channels_last=True, g_conv="2+1d",
                 mismatch="hard", d_pool_first=True, fake_cond="recompose_g", amp=True, d_vid_pool=2,
-                g_frame_blocks=2, g_layered=True)
+                g_frame_blocks=2, g_layered=True, d_neg_weight=0.75)
 
 
 def _paper() -> dict:
@@ -295,7 +306,7 @@ def check_values(cfg: TrainConfig) -> None:
               "d_vid_view", "d_vid_pool"):
         if getattr(cfg, k) < 1:
             raise UserError(f"{k} must be >= 1, not {getattr(cfg, k)}")
-    for k in ("lr_g", "lr_d"):
+    for k in ("lr_g", "lr_d", "d_neg_weight"):
         if not 0 < getattr(cfg, k) < float("inf"):
             raise UserError(f"{k} must be > 0, not {getattr(cfg, k)}")
     for k in ("beta1", "beta2", "ema_beta"):
@@ -412,12 +423,15 @@ def _set_rng_state(s: dict) -> None:
 # ----------------------------------------------------------------------------- losses
 
 
-def d_loss(real_logits, mismatch_logits, fake_logits, kind: str) -> torch.Tensor:
+def d_loss(real_logits, mismatch_logits, fake_logits, kind: str, neg_weight: float = 1.0) -> torch.Tensor:
+    """D's loss: the real clip with its caption is a positive; the real clip with a wrong caption
+    and the fake are the negatives, each term weighted ``neg_weight`` (``TrainConfig.d_neg_weight``)."""
     if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + mismatch_logits).mean() + F.relu(1 + fake_logits).mean()
+        return F.relu(1 - real_logits).mean() + neg_weight * (F.relu(1 + mismatch_logits).mean()
+                                                               + F.relu(1 + fake_logits).mean())
     bce = F.binary_cross_entropy_with_logits
-    return (bce(real_logits, torch.ones_like(real_logits)) + bce(mismatch_logits, torch.zeros_like(mismatch_logits))
-            + bce(fake_logits, torch.zeros_like(fake_logits)))
+    return bce(real_logits, torch.ones_like(real_logits)) + neg_weight * (
+        bce(mismatch_logits, torch.zeros_like(mismatch_logits)) + bce(fake_logits, torch.zeros_like(fake_logits)))
 
 
 def g_loss(fake_logits, kind: str) -> torch.Tensor:
@@ -586,7 +600,7 @@ class GAN:
                     phi_real, phi_fake = D.features(torch.cat([real, fake])).chunk(2)
                     real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, dcond)
                     gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
-                loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss) \
+                loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss, cfg.d_neg_weight) \
                     + cfg.gp_weight * cfg.gp_every * gp
                 out[name] += gp.item() / cfg.d_steps
                 out["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)

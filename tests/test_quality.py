@@ -13,7 +13,7 @@ from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
 from pipeline.config import to_dict
 from pipeline.models import SCRAMBLES, CBN3d, Generator, ImageD, VideoD, build_generator, scramble_colours
-from pipeline.train import GAN, TrainConfig, ema_beta, fake_conditions, mismatched
+from pipeline.train import GAN, TrainConfig, d_loss, ema_beta, fake_conditions, mismatched
 from pipeline.vocab import Vocab, match_template
 
 TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
@@ -178,6 +178,21 @@ def test_with_shuffle_g_only_gs_own_step_draws_the_shuffled_captions(kind, tmp_p
     # D's three scores in its step: real, mismatched real, fake; then G's.
     assert torch.equal(d_fake[2], shuffled[0] if kind == "shuffle" else cond)
     assert len(drawn) == (1 if kind == "shuffle" else 2)
+
+
+@pytest.mark.parametrize("kind", ["hinge", "bce"])
+def test_with_d_neg_weight_one_half_a_d_that_cannot_tell_is_not_pulled_to_call_everything_fake(kind):
+    """D's negatives (real with a wrong caption, fake) are two terms against one positive. At
+    weight 1 a D that gives every clip the same logit is pulled down (every clip "fake"); at
+    GAN-CLS's 0.5 it sits where it is (hinge) or at the even odds (bce)."""
+    grads = {}
+    for w in (1.0, 0.5):
+        c = torch.zeros((), requires_grad=True)  # one logit for every clip
+        same = c.expand(8)
+        d_loss(same, same, same, kind, w).backward()
+        grads[w] = c.grad.item()
+    assert grads[1.0] > 0.4  # descent lowers every logit
+    assert grads[0.5] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_ema_half_life_grows_with_the_run_up_to_ema_beta():
