@@ -25,14 +25,11 @@ from torch.profiler import profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from pipeline.train import GAN, Batches, RankBatches, build_config, check, gradient_penalty  # noqa: E402
+from train_step import timed  # noqa: E402  bench/train_step.py: one warm-up call, then the mean of n
 
 
 def mean_ms(fn, n: int = 10) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1000
+    return timed(fn, n) * 1000
 
 
 def parts(gan: GAN, batches) -> None:
