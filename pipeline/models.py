@@ -400,8 +400,12 @@ class ImageD(nn.Module):
         shape = F.relu(self.blocks(scramble_colours(frames))).sum((2, 3))
         return torch.cat([shape, soft_max_pool(F.relu(self.colours(frames)))], 1)
 
+    def words(self, cond):
+        """The part of a caption this D reads: the object's words (a still frame shows no direction)."""
+        return split_cond(cond, self.parts)[1]
+
     def score(self, phi, cond):
-        cond = split_cond(cond, self.parts)[1].repeat_interleave(self.k, 0)
+        cond = self.words(cond).repeat_interleave(self.k, 0)
         if not self.factor:
             return self.head(phi, cond).view(-1, self.k)
         head, mods = cond.split(self.parts[1:], 1)
@@ -455,8 +459,12 @@ class VideoD(nn.Module):
         h = self.convgru(h)[:, :, -1]  # last state: B,2ch,H/4,W/4
         return F.relu(self.b2(h)).sum((2, 3))
 
+    def words(self, cond):
+        """The part of a caption this D reads: all of it, or with ``parts`` the template's words."""
+        return split_cond(cond, self.parts)[0]
+
     def score(self, phi, cond):
-        return self.head(phi, split_cond(cond, self.parts)[0])
+        return self.head(phi, self.words(cond))
 
     def forward(self, video, cond):
         return self.score(self.features(video), cond)

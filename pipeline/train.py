@@ -71,6 +71,12 @@ class TrainConfig:
     # twice the positive; 0.5: GAN-CLS's matching-aware D (Reed et al. 2016, arXiv 1605.05396,
     # Algorithm 1), the two halves weigh the same.
     d_neg_weight: float = 1.0
+    # >0: each D also ranks a clip's own caption above the others it could have had (the batch's
+    # captions and their hard negatives), a softmax over its projection scores weighted this
+    # much, and G's step asks the same of its fakes (XMC-GAN's contrastive text loss, Zhang et
+    # al. 2021, arXiv 2101.04702). The hinge's one wrong caption per clip teaches D which look
+    # goes with which word slowly; a softmax compares every candidate at once.
+    match_weight: float = 0.0
     # The mismatch term's text for a real clip: "roll" = another clip's caption (the original);
     # "hard" = the same caption with only the template or only the object swapped, so D must
     # check each part (needs a `parts` vocab for the split, else it falls back to roll).
@@ -312,7 +318,7 @@ def check_values(cfg: TrainConfig) -> None:
     for k in ("beta1", "beta2", "ema_beta"):
         if not 0 <= getattr(cfg, k) < 1:
             raise UserError(f"{k} must be in [0, 1), not {getattr(cfg, k)}")
-    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb", "ema_rampup"):
+    for k in ("gp_weight", "workers", "clip_every", "eval_every", "max_artifact_mb", "ema_rampup", "match_weight"):
         if not 0 <= getattr(cfg, k) < float("inf"):
             raise UserError(f"{k} must be >= 0, not {getattr(cfg, k)}")
     if cfg.size not in (32, 64, 128):
@@ -440,6 +446,19 @@ def g_loss(fake_logits, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
+def match_loss(D, phi, cond: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each clip's projection scores over the candidate captions ``cands``,
+    with every candidate that reads the same to D (``D.words``) as the clip's own caption a
+    positive. ``phi``: ``D.features`` of the clips whose captions are ``cond``."""
+    inverse = torch.unique(D.words(cands), dim=0, return_inverse=True)[1]
+    cands = cands[[int((inverse == g).nonzero()[0]) for g in range(int(inverse.max()) + 1)]]  # one per reading
+    n = cond.shape[0]
+    scores = torch.stack([D.score(phi, c.expand(n, -1)).reshape(n, -1) for c in cands], -1).float()  # B, k, K
+    positive = ~_differs_between(D.words(cond), D.words(cands))  # B, K
+    positive = positive[:, None].expand_as(scores)
+    return (scores.logsumexp(-1) - scores.masked_fill(~positive, float("-inf")).logsumexp(-1)).mean()
+
+
 def gradient_penalty(D, real, fake, cond) -> torch.Tensor:
     """Zero-centred GP on random interpolates between real and fake clips."""
     alpha = torch.rand(real.shape[0], 1, 1, 1, 1, device=real.device)
@@ -457,7 +476,12 @@ def augment_policy(policy: str) -> tuple[str, ...]:
 
 def _differs(block: torch.Tensor) -> torch.Tensor:
     """(B, B): whether row i's and row j's block hold different words."""
-    return (block[:, None] - block[None]).abs().amax(-1) > 1e-6
+    return _differs_between(block, block)
+
+
+def _differs_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(A, B): whether row i of ``a`` and row j of ``b`` hold different words."""
+    return (a[:, None] - b[None]).abs().amax(-1) > 1e-6
 
 
 def _one_swapped(blocks: list[torch.Tensor], which: list[int]) -> torch.Tensor:
@@ -600,8 +624,9 @@ class GAN:
                     phi_real, phi_fake = D.features(torch.cat([real, fake])).chunk(2)
                     real_l, mism_l, fake_l = D.score(phi_real, cond), D.score(phi_real, mism), D.score(phi_fake, dcond)
                     gp = real_l.new_zeros(()) if lazy else gradient_penalty(D, real, fake, cond)
+                    match = match_loss(D, phi_real, cond, torch.cat([cond, mism])) if cfg.match_weight else 0.0
                 loss = loss + d_loss(real_l.float(), mism_l.float(), fake_l.float(), cfg.loss, cfg.d_neg_weight) \
-                    + cfg.gp_weight * cfg.gp_every * gp
+                    + cfg.gp_weight * cfg.gp_every * gp + cfg.match_weight * match
                 out[name] += gp.item() / cfg.d_steps
                 out["d_real"] += real_l.float().mean().item() / (2 * cfg.d_steps)
                 out["d_fake"] += fake_l.float().mean().item() / (2 * cfg.d_steps)
@@ -616,7 +641,15 @@ class GAN:
             if not shared:
                 fake_g = self.G_train(gcond, G.noise(gcond.shape[0], self.device))
             fake = augment(fake_g, self.policy) if self.policy else fake_g
-            lg = g_loss(self.D_img(fake, gcond).float(), cfg.loss) + g_loss(self.D_vid(fake, gcond).float(), cfg.loss)
+            # With match_weight, G's captions are also ranked against their own hard negatives.
+            gm_vid, gm_img = (mismatched(gcond, cfg.mismatch, self.cond_parts, self.vid_template_only)
+                              if cfg.match_weight else (None, None))
+            lg = 0.0
+            for D, gm in ((self.D_img, gm_img), (self.D_vid, gm_vid)):
+                phi = D.features(fake)
+                lg = lg + g_loss(D.score(phi, gcond).float(), cfg.loss)
+                if cfg.match_weight:
+                    lg = lg + cfg.match_weight * match_loss(D, phi, gcond, torch.cat([gcond, gm]))
         self.opt_G.zero_grad(set_to_none=True)
         lg.backward()
         dist.average_grads(G.parameters())

@@ -132,7 +132,8 @@ def test_without_file_locks_a_dead_holder_line_is_stale(tmp_path):
 @pytest.mark.parametrize("bad, needle", [("lr_g=-1", "lr_g must be > 0"), ("batch=4096", "too few for a batch"),
                                          ("beta1=1.5", "beta1 must be in [0, 1)"),
                                          ("g_frame_blocks=4", "g_frame_blocks must be 0..3"),
-                                         ("d_neg_weight=0", "d_neg_weight must be > 0")])
+                                         ("d_neg_weight=0", "d_neg_weight must be > 0"),
+                                         ("match_weight=-1", "match_weight must be >= 0")])
 def test_a_run_refused_by_validation_writes_nothing_and_the_rerun_is_accepted(prepared, tmp_path, bad, needle):
     run_dir = tmp_path / "run"
     refused(t2v(*train_args(prepared, run_dir, "--set", bad), check=False), needle)

@@ -1,6 +1,8 @@
 """The pieces the generator's conditioning rests on: parts-mode conditions, hard negatives,
 augmentation, one rendering path, raw clips out, and per-cell evaluation kinds."""
 
+import math
+
 import h5py
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from pipeline.augment import augment, parse
 from pipeline.evaluate import _kind
 from pipeline.config import to_dict
 from pipeline.models import SCRAMBLES, CBN3d, Generator, ImageD, VideoD, build_generator, scramble_colours
-from pipeline.train import GAN, TrainConfig, d_loss, ema_beta, fake_conditions, mismatched
+from pipeline.train import GAN, TrainConfig, d_loss, ema_beta, fake_conditions, match_loss, mismatched
 from pipeline.vocab import Vocab, match_template
 
 TEMPLATES = ["Pushing [something] from left to right", "Pushing [something] from right to left",
@@ -193,6 +195,26 @@ def test_with_d_neg_weight_one_half_a_d_that_cannot_tell_is_not_pulled_to_call_e
         grads[w] = c.grad.item()
     assert grads[1.0] > 0.4  # descent lowers every logit
     assert grads[0.5] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_match_loss_ranks_each_clips_caption_among_the_readings_d_can_tell_apart(tmp_path):
+    """A softmax over D's projection scores of every distinct caption D can read (the image D
+    reads the object words only): chance is log(readings), and a caption that reads the same
+    as the clip's own (another template, for the image D) counts as the clip's own."""
+    gan, cond = tiny_gan(tmp_path, match_weight=1.0)
+    D = gan.D_img
+    blank = torch.zeros(8 * D.k, D.width)  # features that favour no caption: every score the same
+    assert match_loss(D, blank, cond, cond).item() == pytest.approx(math.log(3))  # 3 objects in the batch
+    phi = D.features(torch.rand(8, 3, 4, 16, 16) * 2 - 1)
+    other_template = torch.cat([cond[:, :PARTS[0]].roll(1, 0), cond[:, PARTS[0]:]], 1)
+    assert match_loss(D, phi, cond, torch.cat([cond, other_template])).item() == pytest.approx(
+        match_loss(D, phi, cond, cond).item())
+    # The video D reads the template too: the same swap is a wrong caption there.
+    vphi = gan.D_vid.features(torch.rand(8, 3, 4, 16, 16) * 2 - 1)
+    assert match_loss(gan.D_vid, vphi * 0, cond, torch.cat([cond, other_template])).item() > math.log(3)
+    # G's step ranks its own captions too: a lower loss moves G towards its captions.
+    out = gan.step(lambda: (torch.rand(8, 3, 4, 16, 16) * 2 - 1, cond))
+    assert math.isfinite(out["loss_G"]) and math.isfinite(out["loss_D"])
 
 
 def test_the_ema_half_life_grows_with_the_run_up_to_ema_beta():
