@@ -67,9 +67,10 @@ def report(res: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    # 2400: 3000 met every target on toy seeds 0 and 1 in session 26, in 48 min 40 s on 2 slow
-    # fp32 cores, over the 45; with match_weight=1 (session 28) the demo's targets are met by
-    # step 1000 where they were met by about 1500 before (docs/quality.md, sessions 26 and 28).
+    # 2400: with match_weight=1 two seeds side by side took 36 min 14 s on 2 slow fp32 cores
+    # (3000 without it: 48 min 40 s, over the 45). Seed 1's held-out digit directions read 0.125
+    # there, below the 0.5 target, as they read 0.000 at step 2400 of session 26's 3000-step run,
+    # which met it at 3000 (docs/quality.md, sessions 26 and 28).
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--eval-every", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-output" / "quality")
