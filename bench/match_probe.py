@@ -20,7 +20,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.train import GAN, Batches, RankBatches, build_config, check, mismatched  # noqa: E402
+from pipeline.train import GAN, mismatched  # noqa: E402
+from profile_step import demo_gan  # noqa: E402  bench/profile_step.py: debug_cpu on a demo's data
 
 
 def gaps(gan: GAN, batches, n: int = 4) -> list[float]:
@@ -46,12 +47,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = build_config(a.demo / "frames", a.demo / "vocab", Path(run_dir), "debug_cpu", a.set)
-        info = check(cfg)
-        gan = GAN(cfg, info["cond_dim"], torch.device("cpu"), info["parts"])
-        loader = iter(torch.utils.data.DataLoader(
-            info["data"], batch_sampler=RankBatches(len(info["data"]), cfg.batch, 0, 1, cfg.seed)))
-        batches = Batches(loader, torch.device("cpu"), cfg.channels_last, 0)
+        gan, batches = demo_gan(a.demo, a.set, Path(run_dir))
         gan.opt_G.step = lambda *args, **kw: None  # G stays as drawn at the start: only D learns
         print(" step   image D r-m   video D r-m   image D r-f   video D r-f")
         for step in range(1, a.steps + 1):

@@ -47,6 +47,16 @@ def parts(gan: GAN, batches) -> None:
         print(f"  {name} gradient penalty     {mean_ms(gp):7.1f} ms")
 
 
+def demo_gan(demo: Path, sets, run_dir: Path) -> tuple[GAN, Batches]:
+    """`debug_cpu` with ``sets`` on a demo's frames and vocab, and the batches `t2v train` feeds it."""
+    cfg = build_config(demo / "frames", demo / "vocab", run_dir, "debug_cpu", sets)
+    info = check(cfg)
+    gan = GAN(cfg, info["cond_dim"], torch.device("cpu"), info["parts"])
+    loader = iter(torch.utils.data.DataLoader(
+        info["data"], batch_sampler=RankBatches(len(info["data"]), cfg.batch, 0, 1, cfg.seed)))
+    return gan, Batches(loader, torch.device("cpu"), cfg.channels_last, 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("demo", type=Path, help="a `t2v demo --out` directory")
@@ -57,19 +67,14 @@ def main() -> int:
     ap.add_argument("--parts", action="store_true", help="also time the step's pieces (G, each D, each penalty)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
-        cfg = build_config(a.demo / "frames", a.demo / "vocab", Path(run_dir), "debug_cpu", a.set)
-        info = check(cfg)
-        gan = GAN(cfg, info["cond_dim"], torch.device("cpu"), info["parts"])
-        loader = iter(torch.utils.data.DataLoader(
-            info["data"], batch_sampler=RankBatches(len(info["data"]), cfg.batch, 0, 1, cfg.seed)))
-        batches = Batches(loader, torch.device("cpu"), cfg.channels_last, 0)  # what `t2v train` feeds
+        gan, batches = demo_gan(a.demo, a.set, Path(run_dir))
         for _ in range(a.warmup):
             gan.step(batches)
         t0 = time.perf_counter()
         for _ in range(a.steps):
             gan.step(batches)
         print(f"{(time.perf_counter() - t0) / a.steps:.3f} s/step ({torch.get_num_threads()} thread(s), "
-              f"batch {cfg.batch}, mean of {a.steps} after {a.warmup} warm-up)")
+              f"batch {gan.cfg.batch}, mean of {a.steps} after {a.warmup} warm-up)")
         if a.parts:
             parts(gan, batches)
         with profile(record_shapes=a.shapes) as p:
